@@ -1,0 +1,1 @@
+"""The Cloud Run service that Cloud Tasks calls."""

@@ -1,0 +1,19 @@
+"""Names of the environment variables the deployed stack gives the handler.
+
+Defined once here; `infra/` sets them on the Cloud Run service and the handler reads them.
+"""
+
+QUEUE_PATH = "TASKLANE_QUEUE_PATH"
+"""Full queue path, projects/P/locations/L/queues/Q: the queue whose tasks this service handles."""
+
+INVOKER_SERVICE_ACCOUNT = "TASKLANE_INVOKER_SERVICE_ACCOUNT"
+"""Email of the service account Cloud Tasks signs task tokens as; tokens for anyone else are refused."""
+
+TASK_AUDIENCE = "TASKLANE_TASK_AUDIENCE"
+"""The `aud` claim task tokens carry."""
+
+MAX_ATTEMPTS = "TASKLANE_MAX_ATTEMPTS"
+"""The queue's RetryConfig.max_attempts (-1 for unlimited), so the handler knows a task's final attempt."""
+
+PORT = "PORT"
+"""The port Cloud Run tells the container to listen on."""

@@ -1,0 +1,1 @@
+"""The Pulumi program that deploys a Tasklane task pipeline on Google Cloud."""

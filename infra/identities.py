@@ -1,0 +1,57 @@
+"""The pipeline's identities: who the service runs as, who tasks are signed as, and the Cloud Tasks agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.settings import PipelineSettings
+
+# What the handler itself needs at run time: writing its logs and metrics. Nothing else.
+RUNTIME_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+
+
+@dataclass(frozen=True)
+class Identities:
+    runtime: gcp.serviceaccount.Account
+    """The Cloud Run service's own account (never the default compute account, which holds Editor)."""
+    invoker: gcp.serviceaccount.Account
+    """Named only inside task OIDC tokens; holds run.invoker on this one service and nothing at project level."""
+    cloud_tasks_agent: gcp.projects.ServiceIdentity
+    """service-PROJECT_NUMBER@gcp-sa-cloudtasks.iam.gserviceaccount.com, created if it does not exist yet."""
+
+
+def create_identities(name: str, settings: PipelineSettings, opts: pulumi.ResourceOptions) -> Identities:
+    runtime = gcp.serviceaccount.Account(
+        f"{name}-runtime",
+        project=settings.project,
+        account_id=settings.runtime_account_id,
+        display_name=f"Tasklane handler runtime ({settings.name})",
+        description="Identity of the Cloud Run task handler: writes logs and metrics only.",
+        opts=opts,
+    )
+    for role in RUNTIME_PROJECT_ROLES:
+        gcp.projects.IAMMember(
+            f"{name}-runtime-{role.split('/')[1].replace('.', '-')}",
+            project=settings.project,
+            role=role,
+            member=runtime.member,
+            opts=opts,
+        )
+    invoker = gcp.serviceaccount.Account(
+        f"{name}-invoker",
+        project=settings.project,
+        account_id=settings.invoker_account_id,
+        display_name=f"Tasklane task invoker ({settings.name})",
+        description="Signs Cloud Tasks OIDC tokens for the task handler; may invoke that one service only.",
+        opts=opts,
+    )
+    cloud_tasks_agent = gcp.projects.ServiceIdentity(
+        f"{name}-cloudtasks-agent",
+        project=settings.project,
+        service="cloudtasks.googleapis.com",
+        opts=opts,
+    )
+    return Identities(runtime=runtime, invoker=invoker, cloud_tasks_agent=cloud_tasks_agent)

@@ -1,0 +1,70 @@
+"""The handler's container image: an Artifact Registry repository and the image built from handler/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pulumi
+import pulumi_docker_build as docker_build
+import pulumi_gcp as gcp
+
+from infra.settings import PipelineSettings
+
+HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
+
+# Artifact Registry's username for logging in with an OAuth access token.
+ACCESS_TOKEN_USERNAME = "oauth2accesstoken"
+
+
+def create_repository(name: str, settings: PipelineSettings, opts: pulumi.ResourceOptions,
+                      ) -> gcp.artifactregistry.Repository:
+    """A Docker repository that keeps the newest `imageKeepCount` images and deletes older ones."""
+    return gcp.artifactregistry.Repository(
+        f"{name}-images",
+        project=settings.project,
+        location=settings.region,
+        repository_id=settings.repository_id,
+        format="DOCKER",
+        description=f"Images of the Tasklane task handler ({settings.name}).",
+        cleanup_policy_dry_run=False,
+        cleanup_policies=[
+            # KEEP wins over DELETE, so everything but the newest N versions is removed after a day.
+            gcp.artifactregistry.RepositoryCleanupPolicyArgs(
+                id="delete-older-images",
+                action="DELETE",
+                condition=gcp.artifactregistry.RepositoryCleanupPolicyConditionArgs(
+                    tag_state="ANY", older_than="86400s"),
+            ),
+            gcp.artifactregistry.RepositoryCleanupPolicyArgs(
+                id="keep-newest-images",
+                action="KEEP",
+                most_recent_versions=gcp.artifactregistry.RepositoryCleanupPolicyMostRecentVersionsArgs(
+                    keep_count=settings.image_keep_count),
+            ),
+        ],
+        opts=opts,
+    )
+
+
+def build_handler_image(name: str, settings: PipelineSettings, repository: gcp.artifactregistry.Repository,
+                        opts: pulumi.ResourceOptions, context_dir: Path = HANDLER_DIR) -> docker_build.Image:
+    """Build handler/ for linux/amd64 and push it; the image's `ref` output carries the @sha256 digest.
+
+    The registry login is explicit (an access token from the deployer's Google credentials), so nothing
+    depends on ~/.docker/config.json. The context path is relative to the working directory so the
+    same checkout gives the same inputs on a laptop and a CI runner.
+    """
+    registry_host = f"{settings.region}-docker.pkg.dev"
+    access_token = gcp.organizations.get_client_config_output().access_token
+    tag = pulumi.Output.concat(registry_host, "/", settings.project, "/", repository.repository_id, "/handler:latest")
+    return docker_build.Image(
+        f"{name}-handler-image",
+        context=docker_build.BuildContextArgs(location=os.path.relpath(context_dir)),
+        platforms=[docker_build.Platform.LINUX_AMD64],
+        push=True,
+        tags=[tag],
+        registries=[docker_build.RegistryArgs(
+            address=registry_host, username=ACCESS_TOKEN_USERNAME, password=pulumi.Output.secret(access_token))],
+        opts=opts,
+    )

@@ -1,0 +1,22 @@
+"""The stack: settings from config, one `TaskPipeline`, and the outputs producers need."""
+
+from __future__ import annotations
+
+import pulumi
+
+from infra.pipeline import TaskPipeline
+from infra.settings import load_settings
+
+
+def main() -> TaskPipeline:
+    settings = load_settings()
+    pipeline = TaskPipeline(settings.name, settings)
+    pulumi.export("service_url", pipeline.service_url)
+    pulumi.export("queue_path", pipeline.queue_path)
+    pulumi.export("invoker_service_account", pipeline.invoker_service_account)
+    pulumi.export("task_audience", pipeline.task_audience)
+    pulumi.export("image_ref", pipeline.image_ref)
+    pulumi.export("task_dispatch_deadline", pipeline.task_dispatch_deadline)
+    pulumi.export("region", settings.region)
+    pulumi.export("project", settings.project)
+    return pipeline

@@ -1,0 +1,313 @@
+"""The stack's settings: read once from Pulumi config, validated before any resource is declared.
+
+`load_settings()` turns stack config into a `PipelineSettings`; constructing a `PipelineSettings`
+(directly, or with `dataclasses.replace` for a second pipeline) validates every field and raises
+`SettingsError` listing every problem at once, each naming the config key, the value given and
+what is allowed. The rest of the program never re-checks.
+
+Defaults live in `Pulumi.yaml` (the CLI applies them), so this module has none of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import pulumi
+
+from infra import limits
+
+PROJECT_NAMESPACE = "tasklane"
+
+# Config key (as written in Pulumi.<stack>.yaml) for each settings field.
+CONFIG_KEYS: dict[str, str] = {
+    "project": "gcp:project",
+    "region": "gcp:region",
+    "name": "tasklane:name",
+    "ingress": "tasklane:ingress",
+    "custom_audience": "tasklane:customAudience",
+    "task_dispatch_deadline_seconds": "tasklane:taskDispatchDeadline",
+    "request_timeout_seconds": "tasklane:requestTimeout",
+    "container_concurrency": "tasklane:containerConcurrency",
+    "min_instances": "tasklane:minInstances",
+    "max_instances": "tasklane:maxInstances",
+    "cpu": "tasklane:cpu",
+    "memory": "tasklane:memory",
+    "deletion_protection": "tasklane:deletionProtection",
+    "image_keep_count": "tasklane:imageKeepCount",
+    "max_dispatches_per_second": "tasklane:maxDispatchesPerSecond",
+    "max_concurrent_dispatches": "tasklane:maxConcurrentDispatches",
+    "max_attempts": "tasklane:maxAttempts",
+    "min_backoff_seconds": "tasklane:minBackoff",
+    "max_backoff_seconds": "tasklane:maxBackoff",
+    "max_doublings": "tasklane:maxDoublings",
+    "max_retry_duration_seconds": "tasklane:maxRetryDuration",
+    "logging_sampling_ratio": "tasklane:loggingSamplingRatio",
+    "producer_members": "tasklane:producerMembers",
+}
+
+# Ingress config values and the Cloud Run v2 enum each stands for.
+INGRESS_VALUES: dict[str, str] = {
+    "internal": "INGRESS_TRAFFIC_INTERNAL_ONLY",
+    "internal-and-cloud-load-balancing": "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+    "all": "INGRESS_TRAFFIC_ALL",
+}
+
+PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
+_EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+_MEMBER_PATTERNS = (
+    re.compile(rf"^serviceAccount:{_EMAIL}$"),
+    re.compile(rf"^user:{_EMAIL}$"),
+    re.compile(rf"^group:{_EMAIL}$"),
+    re.compile(r"^principal://iam\.googleapis\.com/\S+$"),
+    re.compile(r"^principalSet://iam\.googleapis\.com/\S+$"),
+)
+ALLOWED_MEMBER_FORMS = (
+    "serviceAccount:EMAIL, user:EMAIL, group:EMAIL, "
+    "principal://iam.googleapis.com/… or principalSet://iam.googleapis.com/…"
+)
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]{2,20}[a-z0-9]$")
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_MEMORY = re.compile(r"^(\d+)(Mi|Gi)$")
+
+
+class SettingsError(ValueError):
+    """Stack config that cannot be deployed; `problems` has one message per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid stack configuration:\n{listing}")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration written as a number and a unit: "600s", "10m", "0.1s", "1h", "500ms"."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; write a number and a unit (ms, s, m, h), e.g. '600s' or '10m'")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The Google API form of a duration: "0.1s", "600s"."""
+    return f"{seconds:.9g}s"
+
+
+def memory_mib(text: str) -> int:
+    match = _MEMORY.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a memory size; write e.g. '512Mi' or '2Gi'")
+    return int(match.group(1)) * (1024 if match.group(2) == "Gi" else 1)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Everything one task pipeline (queue + service + identities) is built from."""
+
+    project: str
+    region: str
+    name: str
+    ingress: str
+    custom_audience: str | None
+    task_dispatch_deadline_seconds: float
+    request_timeout_seconds: float
+    container_concurrency: int
+    min_instances: int
+    max_instances: int
+    cpu: str
+    memory: str
+    deletion_protection: bool
+    image_keep_count: int
+    max_dispatches_per_second: float
+    max_concurrent_dispatches: int
+    max_attempts: int
+    min_backoff_seconds: float
+    max_backoff_seconds: float
+    max_doublings: int
+    max_retry_duration_seconds: float
+    logging_sampling_ratio: float
+    producer_members: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        problems = validation_problems(self)
+        if problems:
+            raise SettingsError(problems)
+
+    # Names derived from `name`, kept here so the 30-character service-account limit is checked once.
+    @property
+    def runtime_account_id(self) -> str:
+        return f"{self.name}-runtime"
+
+    @property
+    def invoker_account_id(self) -> str:
+        return f"{self.name}-invoker"
+
+    @property
+    def repository_id(self) -> str:
+        return f"{self.name}-images"
+
+    @property
+    def service_name(self) -> str:
+        return self.name
+
+    @property
+    def ingress_enum(self) -> str:
+        return INGRESS_VALUES[self.ingress]
+
+
+def _problem(field: str, value: object, allowed: str) -> str:
+    return f"{CONFIG_KEYS[field]} = {value!r}: {allowed}"
+
+
+def validation_problems(s: PipelineSettings) -> list[str]:
+    """Every reason `s` cannot be deployed; empty when it can."""
+    problems: list[str] = []
+
+    def check(ok: bool, field: str, allowed: str) -> None:
+        if not ok:
+            problems.append(_problem(field, getattr(s, field), allowed))
+
+    check(bool(_PROJECT_ID.match(s.project)), "project",
+          "must be a Google Cloud project ID (6-30 lowercase letters, digits or hyphens, starting with a letter)")
+    check(bool(_REGION.match(s.region)), "region", "must be a Google Cloud region such as 'us-central1'")
+    check(bool(_NAME.match(s.name)), "name",
+          "must be 4-22 lowercase letters, digits or hyphens, starting with a letter and not ending with a hyphen "
+          "(it prefixes service-account IDs, which are limited to 30 characters)")
+    check(s.ingress in INGRESS_VALUES, "ingress", f"must be one of {', '.join(sorted(INGRESS_VALUES))}")
+    if s.custom_audience is not None:
+        check(re.match(r"^https://[^\s?#]+$", s.custom_audience) is not None, "custom_audience",
+              "must be an https:// URL without a query string or fragment (leave it empty to use the service URL)")
+
+    deadline = s.task_dispatch_deadline_seconds
+    check(limits.MIN_DISPATCH_DEADLINE_SECONDS <= deadline <= limits.MAX_DISPATCH_DEADLINE_SECONDS,
+          "task_dispatch_deadline_seconds", "must be between 15s and 30m (Cloud Tasks HTTP task limits)")
+    check(s.request_timeout_seconds <= limits.MAX_REQUEST_TIMEOUT_SECONDS, "request_timeout_seconds",
+          "must be at most 3600s (Cloud Run's limit)")
+    check(s.request_timeout_seconds >= deadline, "request_timeout_seconds",
+          f"must be at least the task dispatch deadline ({format_duration(deadline)}), otherwise Cloud Run answers "
+          "504 to slow tasks that are still running and Cloud Tasks retries them")
+
+    check(1 <= s.container_concurrency <= limits.MAX_CONTAINER_CONCURRENCY, "container_concurrency",
+          f"must be between 1 and {limits.MAX_CONTAINER_CONCURRENCY}")
+    check(0 <= s.min_instances <= limits.MAX_INSTANCES, "min_instances",
+          f"must be between 0 and {limits.MAX_INSTANCES}")
+    check(1 <= s.max_instances <= limits.MAX_INSTANCES, "max_instances",
+          f"must be between 1 and {limits.MAX_INSTANCES}")
+    check(s.min_instances <= s.max_instances, "min_instances",
+          f"must not exceed {CONFIG_KEYS['max_instances']} ({s.max_instances})")
+    check(s.cpu in limits.MAX_MEMORY_MIB_BY_CPU, "cpu",
+          f"must be one of {', '.join(limits.MAX_MEMORY_MIB_BY_CPU)}")
+    try:
+        mib = memory_mib(s.memory)
+        most = limits.MAX_MEMORY_MIB_BY_CPU.get(s.cpu, max(limits.MAX_MEMORY_MIB_BY_CPU.values()))
+        check(limits.MIN_MEMORY_MIB <= mib <= most, "memory",
+              f"must be between {limits.MIN_MEMORY_MIB}Mi and {most}Mi for cpu {s.cpu!r}")
+    except ValueError as error:
+        problems.append(f"{CONFIG_KEYS['memory']}: {error}")
+    check(s.image_keep_count >= 1, "image_keep_count", "must be at least 1 (the deployed image is always kept)")
+
+    check(0 < s.max_dispatches_per_second <= limits.MAX_DISPATCHES_PER_SECOND, "max_dispatches_per_second",
+          f"must be greater than 0 and at most {limits.MAX_DISPATCHES_PER_SECOND:g} (Cloud Tasks' per-queue limit; "
+          "use several queues to go faster)")
+    check(1 <= s.max_concurrent_dispatches <= limits.MAX_CONCURRENT_DISPATCHES, "max_concurrent_dispatches",
+          f"must be between 1 and {limits.MAX_CONCURRENT_DISPATCHES}")
+    check(s.max_attempts == limits.UNLIMITED_ATTEMPTS or s.max_attempts >= 1, "max_attempts",
+          "must be -1 (unlimited) or at least 1; 0 would silently become the service default of 100")
+    check(s.min_backoff_seconds >= 0, "min_backoff_seconds", "must not be negative")
+    check(s.max_backoff_seconds >= 0, "max_backoff_seconds", "must not be negative")
+    check(s.min_backoff_seconds <= s.max_backoff_seconds, "min_backoff_seconds",
+          f"must not exceed {CONFIG_KEYS['max_backoff_seconds']} ({format_duration(s.max_backoff_seconds)})")
+    check(s.max_doublings >= 0, "max_doublings", "must not be negative")
+    check(s.max_retry_duration_seconds >= 0, "max_retry_duration_seconds",
+          "must not be negative (0 means no time limit)")
+    check(0.0 <= s.logging_sampling_ratio <= 1.0, "logging_sampling_ratio", "must be between 0.0 and 1.0")
+
+    for index, member in enumerate(s.producer_members):
+        key = f"{CONFIG_KEYS['producer_members']}[{index}] = {member!r}"
+        if member in PUBLIC_MEMBERS:
+            problems.append(f"{key}: public principals are refused; list the producers' own identities "
+                            f"({ALLOWED_MEMBER_FORMS})")
+        elif not any(pattern.match(member) for pattern in _MEMBER_PATTERNS):
+            problems.append(f"{key}: is not an IAM member; allowed forms: {ALLOWED_MEMBER_FORMS}")
+    return problems
+
+
+T = TypeVar("T")
+
+
+def load_settings(config: pulumi.Config | None = None, gcp_config: pulumi.Config | None = None) -> PipelineSettings:
+    """Read the stack's config into validated settings, reporting every bad value at once."""
+    config = config or pulumi.Config(PROJECT_NAMESPACE)
+    gcp_config = gcp_config or pulumi.Config("gcp")
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+
+    def read(field: str, parse: Callable[[str], T]) -> None:
+        namespace, key = CONFIG_KEYS[field].split(":")
+        raw = (gcp_config if namespace == "gcp" else config).get(key)
+        if raw is None:
+            problems.append(f"{CONFIG_KEYS[field]} is not set; set it with "
+                            f"`pulumi config set {CONFIG_KEYS[field]} <value>`")
+            return
+        try:
+            values[field] = parse(raw)
+        except (ValueError, TypeError) as error:
+            problems.append(f"{CONFIG_KEYS[field]} = {raw!r}: {error}")
+
+    for field in ("project", "region", "name", "ingress", "cpu", "memory"):
+        read(field, str)
+    read("custom_audience", lambda text: text or None)
+    for field in ("task_dispatch_deadline_seconds", "request_timeout_seconds", "min_backoff_seconds",
+                  "max_backoff_seconds", "max_retry_duration_seconds"):
+        read(field, parse_duration)
+    for field in ("container_concurrency", "min_instances", "max_instances", "image_keep_count",
+                  "max_concurrent_dispatches", "max_attempts", "max_doublings"):
+        read(field, _parse_int)
+    for field in ("max_dispatches_per_second", "logging_sampling_ratio"):
+        read(field, _parse_number)
+    read("deletion_protection", _parse_bool)
+    read("producer_members", _parse_members)
+
+    if problems:
+        raise SettingsError(problems)
+    return PipelineSettings(**values)
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _parse_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise ValueError("must be true or false")
+
+
+def _parse_members(text: str) -> tuple[str, ...]:
+    try:
+        members = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError("must be a list of IAM members") from None
+    if not isinstance(members, list) or not all(isinstance(member, str) for member in members):
+        raise ValueError("must be a list of IAM members (strings)")
+    return tuple(members)
+
+
+SETTINGS_FIELDS = tuple(field.name for field in fields(PipelineSettings))
