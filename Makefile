@@ -23,7 +23,6 @@ venv: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check infra handler tests
-	$(BIN)/hadolint handler/Dockerfile
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from types import FrameType
 
 import uvicorn
 
 from handler import environment
 
+# Cloud Run sends SIGTERM and allows 10 s before SIGKILL: stop accepting, finish in-flight requests.
+GRACEFUL_SHUTDOWN_SECONDS = 8
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)
+
 
 def main() -> None:
     port = int(os.environ.get(environment.PORT, "8080"))
-    # Cloud Run sends SIGTERM and allows 10 s before SIGKILL; let uvicorn drain within that.
-    uvicorn.run("handler.app:app", host="0.0.0.0", port=port, log_level="info",
-                timeout_graceful_shutdown=8, access_log=False)
+    host = os.environ.get(environment.HOST, "0.0.0.0")
+    # uvicorn drains on SIGTERM, then re-raises the signal to the handler installed before it started.
+    # A drained shutdown is a clean one, so that handler exits 0 (as it does if SIGTERM comes first).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run("handler.app:app", host=host, port=port, log_level="info", access_log=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
 
 
 if __name__ == "__main__":

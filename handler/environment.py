@@ -1,6 +1,6 @@
-"""Names of the environment variables the deployed stack gives the handler.
+"""Names of the environment variables the handler reads.
 
-Defined once here; `infra/` sets them on the Cloud Run service and the handler reads them.
+Defined once here; `infra/` sets the TASKLANE_* ones on the Cloud Run service and the handler reads them.
 """
 
 QUEUE_PATH = "TASKLANE_QUEUE_PATH"
@@ -16,4 +16,7 @@ MAX_ATTEMPTS = "TASKLANE_MAX_ATTEMPTS"
 """The queue's RetryConfig.max_attempts (-1 for unlimited), so the handler knows a task's final attempt."""
 
 PORT = "PORT"
-"""The port Cloud Run tells the container to listen on."""
+"""The port Cloud Run tells the container to listen on (default 8080)."""
+
+HOST = "HOST"
+"""The address to listen on: all interfaces in the container (the default); loopback in local runs and tests."""

@@ -162,8 +162,23 @@ class PipelineSettings:
         return INGRESS_VALUES[self.ingress]
 
 
+DURATION_FIELDS = frozenset({
+    "task_dispatch_deadline_seconds", "request_timeout_seconds", "min_backoff_seconds", "max_backoff_seconds",
+    "max_retry_duration_seconds",
+})
+
+
+def _shown(field: str, value: object) -> str:
+    """A value as the user wrote it in config: durations with their unit, numbers without a trailing .0."""
+    if field in DURATION_FIELDS and isinstance(value, float):
+        return repr(format_duration(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value)
+
+
 def _problem(field: str, value: object, allowed: str) -> str:
-    return f"{CONFIG_KEYS[field]} = {value!r}: {allowed}"
+    return f"{CONFIG_KEYS[field]} = {_shown(field, value)}: {allowed}"
 
 
 def validation_problems(s: PipelineSettings) -> list[str]:

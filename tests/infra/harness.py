@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,25 @@ class GcpMocks(pulumi.runtime.Mocks):
         return {}
 
 
+_SIG_KEY = pulumi.runtime.rpc._special_sig_key
+_SECRET_SIG = pulumi.runtime.rpc._special_secret_sig
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(_SIG_KEY) == _SECRET_SIG
+
+
+def reveal(value: Any) -> Any:
+    """`value` with every secret wrapper replaced by what it wraps."""
+    if is_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {key: reveal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [reveal(item) for item in value]
+    return value
+
+
 @dataclass
 class Registration:
     """One resource as the engine saw it register."""
@@ -203,13 +222,21 @@ def _in_repository_root() -> Iterator[None]:
 
 
 def build_stack(stack: str, overrides: dict[str, Any] | None = None, config: dict[str, str] | None = None,
+                main: Callable[[], object] | None = None, recorded: list[Registration] | None = None,
                 ) -> StackSnapshot:
-    """Run the Pulumi program for `stack` under mocks and return what it registered and exported."""
+    """Run the Pulumi program for `stack` (or another `main`) under mocks; return what it registered and exported.
+
+    `recorded`, when given, receives the registrations as they happen, so a caller can see what was
+    declared before a failure.
+    """
     from infra import program
 
+    main = main or program.main
     config = config if config is not None else stack_config(stack, overrides)
-    mocks = GcpMocks(project=config["gcp:project"])
+    mocks = GcpMocks(project=config.get("gcp:project", "unset-project"))
     monitor = RecordingMonitor(mocks)
+    if recorded is not None:
+        monitor.registrations = recorded
     pulumi.runtime.settings.ROOT.set(None)  # a fresh root stack for every build
     pulumi.runtime.set_mocks(mocks, project=PROJECT_NAME, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config)
@@ -217,7 +244,7 @@ def build_stack(stack: str, overrides: dict[str, Any] | None = None, config: dic
 
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
-        program.main()
+        main()
         root = pulumi.runtime.get_root_resource()
         assert root is not None
         return pulumi.Output.all(**root.outputs).apply(outputs.update)  # type: ignore[attr-defined]

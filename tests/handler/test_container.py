@@ -1,0 +1,93 @@
+"""The handler's container: linted, and its exact command starts a service that answers and drains on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "handler" / "Dockerfile"
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    lines = DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def instruction(name: str) -> list[str]:
+    return [argument for keyword, argument in dockerfile_instructions() if keyword == name]
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_is_a_slim_python_of_the_tested_version_running_as_non_root() -> None:
+    [base] = instruction("FROM")
+    match = re.fullmatch(r"python:(\d+)\.(\d+)\.\d+-slim(-\w+)?", base)
+    assert match, base
+    assert (int(match.group(1)), int(match.group(2))) == sys.version_info[:2]
+    [user] = instruction("USER")
+    assert user.split(":")[0] not in ("root", "0")
+    assert any("compileall" in run for run in instruction("RUN")), "bytecode is compiled at build time"
+    assert any("handler/requirements.txt" in run for run in instruction("RUN"))
+
+
+def test_dockerignore_sends_only_code_and_requirements() -> None:
+    rules = [line for line in (REPO / "handler" / ".dockerignore").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert rules[0] == "**", "everything is excluded unless listed"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def container_process() -> tuple[subprocess.Popen[str], int]:
+    """The Dockerfile's CMD, run from a folder laid out like the image's WORKDIR (handler/ inside it)."""
+    [cmd] = instruction("CMD")
+    argv = json.loads(cmd)
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    port = _free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1"}
+    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield process, port
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_the_dockerfile_command_serves_health_on_port_and_exits_cleanly_on_sigterm(
+        container_process: tuple[subprocess.Popen[str], int]) -> None:
+    process, port = container_process
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            break
+        except httpx.TransportError:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "the handler did not start listening"
+            time.sleep(0.05)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0, "Cloud Run allows 10 s after SIGTERM"
