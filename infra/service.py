@@ -47,8 +47,8 @@ def create_service(
         ingress=settings.ingress_enum,
         # Private: every request needs an ID token from a principal holding run.invoker.
         invoker_iam_disabled=False,
-        # Cloud Tasks reaches an internal-ingress service only through its run.app URL.
-        default_uri_disabled=False,
+        # default_uri_disabled stays unset (a beta field): Cloud Tasks reaches an internal-ingress
+        # service only through its run.app URL, so that URL must stay on.
         # Listing the audience makes Cloud Run accept it whatever URL form it has.
         custom_audiences=[task_audience],
         deletion_protection=settings.deletion_protection,

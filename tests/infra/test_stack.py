@@ -258,7 +258,7 @@ def test_each_producer_may_enqueue_and_act_as_the_invoker_and_nothing_more(stack
 def test_service_is_private_with_ingress_from_config(stack: str) -> None:
     service = snapshot(stack).one(SERVICE).inputs
     assert service["invokerIamDisabled"] is False
-    assert service["defaultUriDisabled"] is False
+    assert not service.get("defaultUriDisabled"), "Cloud Tasks needs the run.app URL with internal ingress"
     expected = {"internal": "INGRESS_TRAFFIC_INTERNAL_ONLY", "all": "INGRESS_TRAFFIC_ALL",
                 "internal-and-cloud-load-balancing": "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER"}
     assert service["ingress"] == expected[setting(stack, "ingress")]
