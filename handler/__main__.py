@@ -10,6 +10,7 @@ from types import FrameType
 import uvicorn
 
 from handler import environment
+from handler.logs import logging_config
 
 # Cloud Run sends SIGTERM and allows 10 s before SIGKILL: stop accepting, finish in-flight requests.
 GRACEFUL_SHUTDOWN_SECONDS = 8
@@ -25,8 +26,8 @@ def main() -> None:
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler installed before it started.
     # A drained shutdown is a clean one, so that handler exits 0 (as it does if SIGTERM comes first).
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run("handler.app:app", host=host, port=port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+    uvicorn.run("handler.app:create_app", factory=True, host=host, port=port, loop="uvloop", http="httptools",
+                log_config=logging_config(), access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,206 @@
-"""The task handler's HTTP application.
+"""The task handler's HTTP application: Cloud Tasks delivers each task as a POST here.
 
-For now it answers Cloud Run's health check; the task routes come with the handler issue.
+Cloud Tasks retries every answer that is not 2xx, 4xx included, so the answer is chosen by what should
+happen next:
+
+| outcome                                   | from Cloud Tasks                  | called directly |
+|-------------------------------------------|-----------------------------------|-----------------|
+| done, or a duplicate of a done task        | 200                               | 200             |
+| can never succeed (bad body, unknown action, too large, RejectTask) | 200 `rejected`, dead-lettered | 400 / 413 |
+| transient failure (RetryableError)        | 503, Retry-After when known       | 503             |
+| unexpected exception                      | 500, traceback logged             | 500             |
+| same task running in another delivery     | 409, Retry-After                  | 409             |
+
+A failure on the final attempt is dead-lettered before answering, because Cloud Tasks then drops it.
+If the dead-letter sink fails, the task is not acknowledged, so it is retried rather than lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
+from handler.actions import ActionLog, ActionRegistry, RejectTask, RetryableError
+from handler.auth import AuthError, TokenVerifier
+from handler.config import HandlerConfig, TokenCheck
+from handler.dead_letter import DeadLetter, DeadLetterSink, LogDeadLetterSink
+from handler.idempotency import Claim, IdempotencyStore, InProcessIdempotencyStore
+from handler.logs import StructuredLog
+from handler.openapi import openapi_document
+from handler.order_actions import actions as order_actions
+from handler.orders import decode_order
+from handler.task_context import TaskContext
 
-async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+TRACE_HEADER = "x-cloud-trace-context"
+IN_PROGRESS_RETRY_AFTER_SECONDS = 10
+
+_encode = msgspec.json.Encoder().encode
 
 
-app = Starlette(routes=[Route("/", health, methods=["GET"])])
+def _json(status: int, content: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
+    return Response(_encode(content), status_code=status, headers=headers, media_type="application/json")
+
+
+class TaskHandler:
+    """Runs one task delivery from request to answer; the policy in the module docstring lives here."""
+
+    def __init__(self, config: HandlerConfig, actions: ActionRegistry, log: StructuredLog,
+                 dead_letters: DeadLetterSink, idempotency: IdempotencyStore,
+                 verifier: TokenVerifier | None) -> None:
+        self.config = config
+        self.actions = actions
+        self.log = log
+        self.dead_letters = dead_letters
+        self.idempotency = idempotency
+        self.verifier = verifier
+
+    async def process_order(self, request: Request) -> Response:
+        headers = request.headers
+        task = TaskContext.from_headers(headers)
+        trace = headers.get(TRACE_HEADER)
+
+        if self.verifier is not None:
+            try:
+                await self.verifier.verify(headers.get("authorization"))
+            except AuthError as refusal:
+                self.log.emit("WARNING", f"refused task {task.task_name}: {refusal.reason}", task=task,
+                              trace_header=trace, status=refusal.status)
+                status = {401: "unauthorized", 403: "forbidden"}.get(refusal.status, "retry")
+                return _json(refusal.status, {"status": status, "reason": refusal.reason})
+
+        body, too_large = await self._read_body(request)
+        if too_large:
+            reason = f"body is larger than the {self.config.max_body_bytes} bytes a task can carry"
+            return await self._reject(request, task, trace, body, reason, direct_status=413)
+        order = decode_order(body)
+        if isinstance(order, str):
+            return await self._reject(request, task, trace, body, order)
+        action = self.actions.get(order.action)
+        if action is None:
+            reason = f"unknown action {order.action!r}; known actions: {', '.join(self.actions.names)}"
+            return await self._reject(request, task, trace, body, reason)
+
+        key = order.idempotency_key or (f"{task.queue_name}/{task.task_name}" if task.task_name else None)
+        if key is not None:
+            claim = await self.idempotency.begin(key)
+            if claim is Claim.ALREADY_DONE:
+                self.log.emit("INFO", f"duplicate delivery of {key}; the action already ran", task=task,
+                              trace_header=trace)
+                return _json(200, {"status": "duplicate"})
+            if claim is Claim.IN_PROGRESS:
+                return _json(409, {"status": "in_progress", "reason": f"{key} is being processed"},
+                             {"Retry-After": str(IN_PROGRESS_RETRY_AFTER_SECONDS)})
+
+        try:
+            await action(order, task, ActionLog(self.log, task, trace))
+        except RejectTask as rejection:
+            return await self._reject(request, task, trace, body, f"{order.action}: {rejection}", key=key)
+        except RetryableError as failure:
+            await self._release(key)
+            self.log.emit("WARNING", f"{order.action} failed transiently: {failure}", task=task, trace_header=trace)
+            retry_after = {} if failure.retry_after is None else {
+                "Retry-After": str(max(0, math.ceil(failure.retry_after)))}
+            return await self._fail(request, task, body, 503, {"status": "retry", "reason": str(failure)},
+                                    retry_after, f"{order.action} failed transiently: {failure}")
+        except Exception as error:  # noqa: BLE001 - any bug in an action must fail the attempt, not the process
+            await self._release(key)
+            self.log.exception(f"{order.action} raised {type(error).__name__}", error, task=task, trace_header=trace)
+            return await self._fail(request, task, body, 500, {"status": "error", "reason": type(error).__name__},
+                                    {}, f"{order.action} raised {type(error).__name__}: {error}")
+        if key is not None:
+            await self.idempotency.succeeded(key)
+        return _json(200, {"status": "done"})
+
+    async def _read_body(self, request: Request) -> tuple[bytes, bool]:
+        """The body, and whether it exceeded the limit (then only the first `max_body_bytes` are kept)."""
+        limit = self.config.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                chunks.append(chunk[: max(0, limit - (size - len(chunk)))])
+                return b"".join(chunks), True
+            chunks.append(chunk)
+        return b"".join(chunks), False
+
+    async def _reject(self, request: Request, task: TaskContext, trace: str | None, body: bytes, reason: str,
+                      direct_status: int = 400, key: str | None = None) -> Response:
+        """A task that can never succeed: dead-letter and acknowledge it, or tell a direct caller why."""
+        if not task.from_cloud_tasks:
+            await self._release(key)
+            self.log.emit("WARNING", f"rejected direct request: {reason}", trace_header=trace)
+            return _json(direct_status, {"status": "rejected", "reason": reason})
+        self.log.emit("ERROR", f"rejected task {task.task_name}: {reason}", task=task, trace_header=trace)
+        letter = DeadLetter.capture("rejected", reason, task, request.method, request.url.path,
+                                    request.headers, body)
+        if not await self._dead_letter(letter, trace):
+            await self._release(key)
+            return _json(500, {"status": "error", "reason": "dead-letter sink failed; retry"})
+        if key is not None:
+            await self.idempotency.succeeded(key)
+        return _json(200, {"status": "rejected", "reason": reason})
+
+    async def _fail(self, request: Request, task: TaskContext, body: bytes, status: int, content: dict[str, str],
+                    headers: dict[str, str], reason: str) -> Response:
+        """Answer a failed attempt; on the final one, dead-letter the task first."""
+        if task.is_final_attempt(self.config.max_attempts):
+            letter = DeadLetter.capture("final_attempt_failed", reason, task, request.method, request.url.path,
+                                        request.headers, body)
+            await self._dead_letter(letter, request.headers.get(TRACE_HEADER))
+        return _json(status, content, headers)
+
+    async def _dead_letter(self, letter: DeadLetter, trace: str | None) -> bool:
+        try:
+            await self.dead_letters.send(letter)
+            return True
+        except Exception as error:  # noqa: BLE001 - a failing sink must not lose the task
+            self.log.exception("dead-letter sink failed; the task will be retried", error, task=letter.task,
+                               trace_header=trace)
+            return False
+
+    async def _release(self, key: str | None) -> None:
+        if key is not None:
+            await self.idempotency.abandoned(key)
+
+
+def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry = order_actions,
+               log: StructuredLog | None = None, dead_letters: DeadLetterSink | None = None,
+               idempotency: IdempotencyStore | None = None, verifier: TokenVerifier | None = None) -> Starlette:
+    """The application, with every collaborator replaceable (tests, other stores and sinks)."""
+    config = config or HandlerConfig.from_environment()
+    log = log or StructuredLog(project_id=config.project_id)
+    if verifier is None and config.token_check is not TokenCheck.OFF:
+        verifier = TokenVerifier(config)
+    handler = TaskHandler(config, actions, log, dead_letters or LogDeadLetterSink(log),
+                          idempotency or InProcessIdempotencyStore(), verifier)
+    schema = _encode(openapi_document(actions.names))
+
+    async def health(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def openapi(request: Request) -> Response:
+        return Response(schema, media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if verifier is not None:
+            # Load the token verifier's libraries after the port is open, not before the first answer.
+            threading.Thread(target=verifier.warm_up, name="warm-up", daemon=True).start()
+        yield
+
+    return Starlette(routes=[
+        Route("/", health, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/process-order", handler.process_order, methods=["POST"]),
+    ], lifespan=lifespan)
+

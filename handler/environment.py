@@ -20,3 +20,12 @@ PORT = "PORT"
 
 HOST = "HOST"
 """The address to listen on: all interfaces in the container (the default); loopback in local runs and tests."""
+
+TOKEN_CHECK = "TASKLANE_TOKEN_CHECK"
+"""How the handler checks task tokens behind Cloud Run's own check: off, claims or full (see handler/auth.py)."""
+
+TOKEN_ISSUERS = "TASKLANE_TOKEN_ISSUERS"
+"""Comma-separated accepted `iss` values; Google's by default, the emulator's in local runs."""
+
+TOKEN_CERTS_URL = "TASKLANE_TOKEN_CERTS_URL"
+"""Where the token signing keys are published as {kid: PEM}; Google's by default, the emulator's locally."""

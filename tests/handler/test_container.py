@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,20 +74,56 @@ def container_process() -> tuple[subprocess.Popen[str], int]:
         process.wait(timeout=10)
 
 
-def test_the_dockerfile_command_serves_health_on_port_and_exits_cleanly_on_sigterm(
-        container_process: tuple[subprocess.Popen[str], int]) -> None:
-    process, port = container_process
+def wait_until_serving(process: subprocess.Popen[str], port: int) -> httpx2.Response:
     deadline = time.monotonic() + 20
     while True:
         try:
-            response = httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            break
-        except httpx.TransportError:
+            return httpx2.get(f"http://127.0.0.1:{port}/", timeout=1)
+        except httpx2.TransportError:
             assert process.poll() is None, process.stdout.read() if process.stdout else ""
             assert time.monotonic() < deadline, "the handler did not start listening"
             time.sleep(0.05)
+
+
+def test_the_dockerfile_command_serves_health_on_port_and_exits_cleanly_on_sigterm(
+        container_process: tuple[subprocess.Popen[str], int]) -> None:
+    process, port = container_process
+    response = wait_until_serving(process, port)
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0, "Cloud Run allows 10 s after SIGTERM"
+    output = process.stdout.read() if process.stdout else ""
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines, "the server logs its start and stop"
+    for line in lines:
+        assert {"severity", "message"} <= set(json.loads(line)), line
+
+
+def test_sigterm_stops_new_connections_finishes_the_request_in_flight_and_exits_0(
+        container_process: tuple[subprocess.Popen[str], int]) -> None:
+    process, port = container_process
+    wait_until_serving(process, port)
+    body = b'{"orderId": "order-in-flight", "action": "update_inventory"}'
+    in_flight = socket.create_connection(("127.0.0.1", port), timeout=10)
+    in_flight.sendall(b"POST /process-order HTTP/1.1\r\nHost: handler\r\nContent-Type: application/json\r\n"
+                      b"X-CloudTasks-TaskName: t-drain\r\nX-CloudTasks-QueueName: orders\r\n"
+                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
+    time.sleep(0.3)  # the request is now being received
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # no longer accepting
+
+    in_flight.sendall(body[10:])
+    response = b""
+    while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+        chunk = in_flight.recv(4096)
+        if not chunk:
+            break
+        response += chunk
+    in_flight.close()
+    assert response.startswith(b"HTTP/1.1 200"), response
+    assert response.rstrip().endswith(b'{"status":"done"}')
+    assert process.wait(timeout=10) == 0

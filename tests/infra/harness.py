@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -237,6 +238,10 @@ def build_stack(stack: str, overrides: dict[str, Any] | None = None, config: dic
     monitor = RecordingMonitor(mocks)
     if recorded is not None:
         monitor.registrations = recorded
+    # Pulumi's runtime runs on the current event loop; each build gets a fresh one (another test's
+    # asyncio.run leaves none set).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     pulumi.runtime.settings.ROOT.set(None)  # a fresh root stack for every build
     pulumi.runtime.set_mocks(mocks, project=PROJECT_NAME, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config)
@@ -249,6 +254,10 @@ def build_stack(stack: str, overrides: dict[str, Any] | None = None, config: dic
         assert root is not None
         return pulumi.Output.all(**root.outputs).apply(outputs.update)  # type: ignore[attr-defined]
 
-    with _in_repository_root():
-        run()
+    try:
+        with _in_repository_root():
+            run()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
     return StackSnapshot(resources=monitor.registrations, outputs=outputs)

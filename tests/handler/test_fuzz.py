@@ -1,0 +1,74 @@
+"""Malformed input of every kind on every published route: never a 5xx, never a crash.
+
+The routes come from the app's own OpenAPI document; bodies range from random bytes through random
+JSON to near-valid orders, with random Cloud Tasks headers and tokens. The sample actions never fail
+transiently, so any 5xx here is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from handler.config import TokenCheck
+from tests.handler.conftest import HandlerUnderTest
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12)
+NEAR_VALID = st.fixed_dictionaries(
+    {"orderId": JSON_VALUES | st.text(max_size=300), "action": st.sampled_from(
+        ["send_confirmation", "update_inventory", "notify_warehouse", "", "refund"]) | JSON_VALUES},
+    optional={"customerEmail": st.sampled_from(["a@b.co", "nope", ""]) | JSON_VALUES,
+              "idempotencyKey": st.text(max_size=600) | JSON_VALUES, "extra": JSON_VALUES})
+BODIES = (st.binary(max_size=300) | JSON_VALUES.map(lambda v: json.dumps(v).encode())
+          | NEAR_VALID.map(lambda v: json.dumps(v).encode()))
+TASK_HEADERS = st.dictionaries(
+    st.sampled_from(["X-CloudTasks-QueueName", "X-CloudTasks-TaskName", "X-CloudTasks-TaskRetryCount",
+                     "X-CloudTasks-TaskExecutionCount", "X-CloudTasks-TaskETA", "X-CloudTasks-TaskPreviousResponse",
+                     "X-CloudTasks-TaskRetryReason", "X-Cloud-Trace-Context", "Authorization", "Content-Type"]),
+    HEADER_TEXT | st.sampled_from(["0", "-1", "99999999999999999999", "1e308", "Bearer a.b.c", "a/b;o=1"]),
+    max_size=8)
+METHODS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"])
+
+
+def routes(handler: HandlerUnderTest) -> list[str]:
+    return list(handler.client.get("/openapi.json").json()["paths"])
+
+
+def check_no_server_error(handler: HandlerUnderTest, method: str, path: str, headers: dict[str, str],
+                          body: bytes) -> None:
+    response = handler.client.request(method, path, headers=headers, content=body)
+    assert response.status_code < 500, (method, path, headers, body[:80], response.text)
+    if response.headers.get("content-type") == "application/json":
+        response.json()
+
+
+def test_the_published_schema_lists_every_route(handler: HandlerUnderTest) -> None:
+    assert routes(handler) == ["/", "/process-order"]
+    order = handler.client.get("/openapi.json").json()["components"]["schemas"]["OrderRequest"]
+    assert order["required"] == ["orderId", "action"]
+    assert order["properties"]["action"]["enum"] == ["notify_warehouse", "send_confirmation", "update_inventory"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), method=METHODS, headers=TASK_HEADERS, body=BODIES)
+def test_no_input_gets_a_5xx(handler: HandlerUnderTest, data: Any, method: str, headers: dict[str, str],
+                             body: bytes) -> None:
+    path = data.draw(st.sampled_from([*routes(handler), "/openapi.json", "/nope", "/process-order/x"]))
+    check_no_server_error(handler, method, path, headers, body)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(headers=TASK_HEADERS, body=BODIES)
+def test_no_input_gets_a_5xx_with_token_checks_on(build_handler: Callable[..., HandlerUnderTest],
+                                                  headers: dict[str, str], body: bytes) -> None:
+    handler = build_handler(token_check=TokenCheck.CLAIMS)
+    check_no_server_error(handler, "POST", "/process-order", headers, body)
+    assert handler.client.get("/").status_code == 200
