@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pulumi
 
+from handler.config import TokenCheck
 from infra import limits
 
 PROJECT_NAMESPACE = "tasklane"
@@ -29,6 +30,7 @@ CONFIG_KEYS: dict[str, str] = {
     "name": "tasklane:name",
     "ingress": "tasklane:ingress",
     "custom_audience": "tasklane:customAudience",
+    "token_check": "tasklane:tokenCheck",
     "task_dispatch_deadline_seconds": "tasklane:taskDispatchDeadline",
     "request_timeout_seconds": "tasklane:requestTimeout",
     "container_concurrency": "tasklane:containerConcurrency",
@@ -55,6 +57,8 @@ INGRESS_VALUES: dict[str, str] = {
     "internal-and-cloud-load-balancing": "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
     "all": "INGRESS_TRAFFIC_ALL",
 }
+
+TOKEN_CHECKS = tuple(check.value for check in TokenCheck)
 
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 _EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
@@ -116,6 +120,7 @@ class PipelineSettings:
     name: str
     ingress: str
     custom_audience: str | None
+    token_check: str
     task_dispatch_deadline_seconds: float
     request_timeout_seconds: float
     container_concurrency: int
@@ -196,6 +201,7 @@ def validation_problems(s: PipelineSettings) -> list[str]:
           "must be 4-22 lowercase letters, digits or hyphens, starting with a letter and not ending with a hyphen "
           "(it prefixes service-account IDs, which are limited to 30 characters)")
     check(s.ingress in INGRESS_VALUES, "ingress", f"must be one of {', '.join(sorted(INGRESS_VALUES))}")
+    check(s.token_check in TOKEN_CHECKS, "token_check", f"must be one of {', '.join(TOKEN_CHECKS)}")
     if s.custom_audience is not None:
         check(re.match(r"^https://[^\s?#]+$", s.custom_audience) is not None, "custom_audience",
               "must be an https:// URL without a query string or fragment (leave it empty to use the service URL)")
@@ -276,7 +282,7 @@ def load_settings(config: pulumi.Config | None = None, gcp_config: pulumi.Config
         except (ValueError, TypeError) as error:
             problems.append(f"{CONFIG_KEYS[field]} = {raw!r}: {error}")
 
-    for field in ("project", "region", "name", "ingress", "cpu", "memory"):
+    for field in ("project", "region", "name", "ingress", "token_check", "cpu", "memory"):
         read(field, str)
     read("custom_audience", lambda text: text or None)
     for field in ("task_dispatch_deadline_seconds", "request_timeout_seconds", "min_backoff_seconds",

@@ -47,6 +47,8 @@ INVALID: dict[str, tuple[dict[str, Any], list[str]]] = {
                                       ["tasklane:producerMembers[0] = 'serviceAccount:not-an-email'"]),
     "unknown ingress": ({"tasklane:ingress": "public"},
                         ["tasklane:ingress = 'public'", "all, internal, internal-and-cloud-load-balancing"]),
+    "unknown token check": ({"tasklane:tokenCheck": "strict"},
+                            ["tasklane:tokenCheck = 'strict'", "one of off, claims, full"]),
     "audience with a query": ({"tasklane:customAudience": "https://svc.example.com/?x=1"},
                               ["tasklane:customAudience", "without a query string"]),
     "cpu not offered": ({"tasklane:cpu": "3"}, ["tasklane:cpu = '3'", "one of 1, 2, 4, 6, 8"]),

@@ -305,13 +305,14 @@ def test_a_custom_audience_replaces_the_service_url() -> None:
 
 
 @stacks
-def test_handler_is_told_its_queue_invoker_audience_and_max_attempts(stack: str) -> None:
+def test_handler_is_told_its_queue_invoker_audience_max_attempts_and_token_check(stack: str) -> None:
     snap = snapshot(stack)
     assert env_of(snap) == {
         handler_env.QUEUE_PATH: snap.outputs["queue_path"],
         handler_env.INVOKER_SERVICE_ACCOUNT: account(snap, "-invoker").outputs["email"],
         handler_env.TASK_AUDIENCE: snap.outputs["task_audience"],
         handler_env.MAX_ATTEMPTS: str(setting(stack, "maxAttempts")),
+        handler_env.TOKEN_CHECK: setting(stack, "tokenCheck"),
     }
 
 
