@@ -7,15 +7,16 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: test lint typecheck unit local venv clean
+.PHONY: test lint typecheck unit local venv bench clean
 
 test: lint typecheck unit
 
-# uv installs the stack in seconds; plain pip is the fallback when uv cannot be had.
+# uv installs the stack in seconds; plain pip is the fallback when uv cannot be had. Bytecode is
+# compiled at install, as the container does at build, so local starts are as fast as deployed ones.
 $(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@{ $(BIN)/python -m pip install -q uv==$(UV_VERSION) && \
-	   $(BIN)/uv pip install -q --python $(BIN)/python -r requirements-dev.txt; } || \
+	   $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements-dev.txt; } || \
 	 $(BIN)/python -m pip install -q -r requirements-dev.txt
 	@touch $(INSTALLED)
 
@@ -30,6 +31,28 @@ typecheck: $(INSTALLED)
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest
 
+# Benchmarks compare with the peers their issues name; the handler runs from an environment holding
+# only handler/requirements.txt, as in its image.
+HANDLER_VENV := .venv-handler
+EXPRESS_PEER := bench/express-handler
+
+$(HANDLER_VENV)/.installed: handler/requirements.txt $(INSTALLED)
+	@test -x $(HANDLER_VENV)/bin/python || $(PYTHON) -m venv $(HANDLER_VENV)
+	@$(BIN)/uv pip install -q --compile-bytecode --python $(HANDLER_VENV)/bin/python -r handler/requirements.txt \
+	 || $(HANDLER_VENV)/bin/python -m pip install -q -r handler/requirements.txt
+	@touch $@
+
+$(EXPRESS_PEER)/node_modules/.installed: $(EXPRESS_PEER)/package-lock.json
+	cd $(EXPRESS_PEER) && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
+	 || { echo "make bench needs wrk (Debian/Ubuntu: apt-get install wrk)"; exit 1; }
+	$(HANDLER_VENV)/bin/python -m compileall -q handler
+	$(BIN)/python bench/handler_bench.py --handler-python $(HANDLER_VENV)/bin/python
+	$(BIN)/python bench/report.py
+
 local:
 	@echo "make local runs the whole pipeline on the local Cloud Tasks emulator."
 	@echo "It is not available yet: it arrives with the emulator and producer (issues 5 and 6)."
@@ -37,4 +60,4 @@ local:
 	@exit 1
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HANDLER_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+
+# Importing the server and framework allocates many long-lived objects; collecting them while
+# starting only delays the first answer. The app's lifespan freezes them and turns collection back on.
+gc.disable()
+
 import os
 import signal
 import sys

@@ -18,6 +18,7 @@ If the dead-letter sink fails, the task is not acknowledged, so it is retried ra
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import threading
 from collections.abc import AsyncIterator, Mapping
@@ -183,16 +184,23 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry =
         verifier = TokenVerifier(config)
     handler = TaskHandler(config, actions, log, dead_letters or LogDeadLetterSink(log),
                           idempotency or InProcessIdempotencyStore(), verifier)
-    schema = _encode(openapi_document(actions.names))
+    schema: list[bytes] = []  # built on first request: nothing on the path to the first answer
 
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def openapi(request: Request) -> Response:
-        return Response(schema, media_type="application/json")
+        if not schema:
+            schema.append(_encode(openapi_document(actions.names)))
+        return Response(schema[0], media_type="application/json")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not gc.isenabled():
+            # `python -m handler` pauses collection while importing; what exists now lives for the
+            # whole process, so move it out of the collector's way and turn collection back on.
+            gc.freeze()
+            gc.enable()
         if verifier is not None:
             # Load the token verifier's libraries after the port is open, not before the first answer.
             threading.Thread(target=verifier.warm_up, name="warm-up", daemon=True).start()

@@ -17,9 +17,10 @@ import binascii
 import json
 import re
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from handler.config import HandlerConfig, TokenCheck
 
@@ -40,12 +41,17 @@ class AuthError(Exception):
 
 def fetch_certs(url: str) -> tuple[dict[str, str], float]:
     """Download a {kid: PEM} key map; returns it with its max-age in seconds."""
+    import urllib.request  # only needed once keys are fetched, not at start-up
+
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - the configured key URL
         keys = json.loads(response.read())
         match = re.search(r"max-age=(\d+)", response.headers.get("Cache-Control", ""))
     if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
         raise ValueError(f"{url} did not return a {{kid: PEM}} map")
     return keys, float(match.group(1)) if match else DEFAULT_KEYS_MAX_AGE
+
+
+_decode_json = msgspec.json.Decoder().decode
 
 
 def _b64decode(segment: str) -> bytes:
@@ -56,10 +62,10 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """Header, payload, signed part and signature of a compact JWT; AuthError(401) if it is not one."""
     try:
         header_segment, payload_segment, signature_segment = token.split(".")
-        header = json.loads(_b64decode(header_segment))
-        payload = json.loads(_b64decode(payload_segment))
+        header = _decode_json(_b64decode(header_segment))
+        payload = _decode_json(_b64decode(payload_segment))
         signature = _b64decode(signature_segment)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, msgspec.DecodeError):
         raise AuthError(401, "bearer token is not a JWT") from None
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise AuthError(401, "bearer token is not a JWT")

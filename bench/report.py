@@ -1,0 +1,77 @@
+"""Render every benchmark's results (bench/results/*.json) into one file, bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH / "results"
+REPORT = BENCH / "RESULTS.md"
+BAR_WIDTH = 40
+
+
+def bars(rows: list[tuple[str, float]], unit: str) -> str:
+    """A text bar chart: one row per label, bars scaled to the largest value."""
+    largest = max(value for _, value in rows) or 1.0
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label:<{width}} {'█' * max(1, round(BAR_WIDTH * value / largest)):<{BAR_WIDTH}} {value:,.1f} {unit}"
+             for label, value in rows]
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+def handler_section(result: dict[str, Any]) -> str:
+    cold, load, ratios = result["cold_start"], result["throughput"], result["ratios"]
+    python, express = "python handler", "node express"
+    verdict = {
+        "cold start (python ≤ express)": ratios["cold_start_python_over_express"] <= 1.0,
+        "throughput (python ≥ express)": ratios["throughput_python_over_express"] >= 1.0,
+        "peak RSS under load ≤ 100 MB": load[python]["peak_rss_mb"] <= 100,
+    }
+    rows = "\n".join(
+        f"| {label} | {cold[label]['median_ms'] if label in cold else '—'} | "
+        f"{cold[label]['p90_ms'] if label in cold else '—'} | {stats['requests_per_second']:,.0f} | "
+        f"{stats['latency_p50_ms']} | {stats['latency_p99_ms']} | {stats['peak_rss_mb']} | {stats['non_2xx']} |"
+        for label, stats in load.items())
+    return f"""## Task handler vs Node 20 + Express 4 (`bench/handler_bench.py`)
+
+{result['machine']}; {result['settings']['cold_starts']} interleaved cold starts each (exec → first 200 on
+`GET /`); wrk 1 thread, {result['settings']['connections']} connections, {result['settings']['seconds']} s on
+`POST /process-order`, every request a new task name, each server logging one JSON line per task to a file.
+
+| server | cold start median ms | p90 ms | requests/s | p50 ms | p99 ms | peak RSS MB | non-2xx |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+**Ratios:** cold start python/express = **{ratios['cold_start_python_over_express']}** (target ≤ 1);
+throughput python/express = **{ratios['throughput_python_over_express']}** (target ≥ 1).
+{chr(10).join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in verdict.items())}
+
+Throughput, requests/s:
+{bars([(label, stats['requests_per_second']) for label, stats in load.items()], 'req/s')}
+
+Cold start, median ms (lower is better):
+{bars([(python, cold[python]['median_ms']), (express, cold[express]['median_ms'])], 'ms')}
+"""
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {"handler": handler_section}
+
+
+def main() -> None:
+    sections = []
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        result = json.loads(path.read_text())
+        render = SECTIONS.get(result.get("benchmark", ""))
+        if render:
+            sections.append(render(result))
+    REPORT.write_text("# Benchmark results\n\nWritten by `make bench` (bench/report.py) from bench/results/*.json; "
+                      "each section compares Tasklane with the peer named in its issue, in one run on one "
+                      "machine.\n\n" + "\n".join(sections))
+    print(f"wrote {REPORT.relative_to(BENCH.parent)}")
+
+
+if __name__ == "__main__":
+    main()
