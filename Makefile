@@ -23,7 +23,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt
 venv: $(INSTALLED)
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check infra handler tests
+	$(BIN)/ruff check infra handler tests bench
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
