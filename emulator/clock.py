@@ -1,0 +1,72 @@
+"""Time for the engine and dispatcher: the system clock, or a manual one tests move by hand.
+
+Everything that waits for a schedule time, a backoff, a dispatch deadline or a tombstone to expire
+reads and waits on a `Clock`, so tests jump over hours without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+
+    async def sleep_until(self, when: float) -> None:
+        """Return once `now() >= when` (or soon after)."""
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, when: float) -> None:
+        delay = when - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class ManualClock:
+    """A clock that moves only when `advance()` or `set()` is called, from any thread."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+        self._order = itertools.count()
+        self._sleepers: list[tuple[float, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        self.set(self.now() + seconds)
+
+    def set(self, when: float) -> None:
+        with self._lock:
+            self._now = max(self._now, when)
+            due = []
+            while self._sleepers and self._sleepers[0][0] <= self._now:
+                due.append(heapq.heappop(self._sleepers))
+        for _, _, loop, future in due:
+            loop.call_soon_threadsafe(_resolve, future)
+
+    async def sleep_until(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if when <= self._now:
+                return
+            heapq.heappush(self._sleepers, (when, next(self._order), loop, future))
+        await future
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

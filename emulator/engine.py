@@ -1,0 +1,503 @@
+"""The emulator's engine: queues, tasks, tombstones and the life of each attempt.
+
+No sockets and no real time here: the gRPC service calls the RPC methods, the dispatcher asks for due
+tasks and reports each attempt's outcome, and every time comes from the injected clock. All methods
+run on the emulator's event loop thread, so no locking is needed. Behaviour follows
+../shared/reference/cloud-tasks-behaviour.md; section numbers are cited where a rule comes from.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import http
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from google.cloud.tasks_v2.types import queue as queue_types
+from google.cloud.tasks_v2.types import target as target_types
+from google.protobuf import field_mask_pb2
+from google.rpc import code_pb2
+
+from emulator import errors
+from emulator.clock import Clock
+from emulator.retry import policy_of
+from emulator.store import Store, StoredTask
+from emulator.validation import (
+    Queue,
+    Task,
+    apply_queue_defaults,
+    burst_size,
+    check_parent,
+    new_task_id,
+    normalise_new_task,
+    parse_queue_name,
+    task_id_of,
+    validate_queue_config,
+    with_view,
+)
+
+QueueState_ = queue_types.Queue.State
+RUNNING, PAUSED = QueueState_.RUNNING, QueueState_.PAUSED
+DEFAULT_TASK_TOMBSTONE_SECONDS = 3600.0  # §5.2: configurable, 1 h by default
+DEFAULT_QUEUE_TOMBSTONE_SECONDS = 7 * 86400.0  # §6.6
+MAX_TASKS_PAGE, MAX_QUEUES_PAGE = 1000, 9800  # §6.8
+UPDATABLE_QUEUE_FIELDS = ("app_engine_routing_override", "http_target", "rate_limits", "retry_config",
+                          "stackdriver_logging_config")
+
+# How an HTTP status shows in last_attempt.response_status (undocumented, §4.7): the usual mapping.
+_STATUS_CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
+                 404: code_pb2.NOT_FOUND, 409: code_pb2.ABORTED, 429: code_pb2.RESOURCE_EXHAUSTED,
+                 499: code_pb2.CANCELLED, 501: code_pb2.UNIMPLEMENTED, 503: code_pb2.UNAVAILABLE,
+                 504: code_pb2.DEADLINE_EXCEEDED}
+
+
+def rpc_code_for(status: int) -> int:
+    if 200 <= status < 300:
+        return code_pb2.OK
+    if status in _STATUS_CODES:
+        return _STATUS_CODES[status]
+    return code_pb2.FAILED_PRECONDITION if status < 500 else code_pb2.INTERNAL
+
+
+def reason_phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _micros(timestamp: object) -> int:
+    return int(timestamp.seconds * 1_000_000 + timestamp.nanos // 1000)  # type: ignore[attr-defined]
+
+
+@dataclass
+class TaskState:
+    task: object
+    queue: str
+    execution_count: int = 0
+    """Earlier attempts that got a non-5xx answer (X-CloudTasks-TaskExecutionCount, §7.5)."""
+    previous_response: int | None = None
+    retry_reason: str | None = None
+    in_flight: bool = False
+    run_requested: bool = False
+
+    @property
+    def name(self) -> str:
+        return str(self.task.name)  # type: ignore[attr-defined]
+
+    def stored(self) -> StoredTask:
+        meta = {"execution_count": self.execution_count, "previous_response": self.previous_response,
+                "retry_reason": self.retry_reason}
+        return StoredTask(self.name, self.queue, self.task.SerializeToString(), meta)  # type: ignore[attr-defined]
+
+
+@dataclass
+class QueueState:
+    queue: object
+    due: list[tuple[int, int, str]] = field(default_factory=list)
+    """A heap of (schedule time in µs, sequence, task name); entries go stale and are skipped."""
+    tasks: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return str(self.queue.name)  # type: ignore[attr-defined]
+
+    @property
+    def paused(self) -> bool:
+        return self.queue.state == PAUSED  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Everything the dispatcher needs to send one attempt, fixed when it starts."""
+
+    task_name: str
+    queue_id: str
+    task_id: str
+    kind: str
+    """"http_request" or "app_engine_http_request"."""
+    method: str
+    url: str
+    """The full URL for HTTP tasks; the relative URI for App Engine tasks."""
+    headers: dict[str, str]
+    body: bytes
+    oidc_email: str | None
+    oidc_audience: str | None
+    oauth_email: str | None
+    deadline: float
+    retry_count: int
+    execution_count: int
+    eta: float
+    previous_response: int | None
+    retry_reason: str | None
+    started: float
+    forced: bool
+    """Started by RunTask: a failure reschedules from when RunTask was called (§10.5)."""
+
+
+class Engine:
+    def __init__(self, store: Store, clock: Clock, *, task_tombstone_seconds: float = DEFAULT_TASK_TOMBSTONE_SECONDS,
+                 queue_tombstone_seconds: float = DEFAULT_QUEUE_TOMBSTONE_SECONDS) -> None:
+        self.store = store
+        self.clock = clock
+        self.task_tombstone_seconds = task_tombstone_seconds
+        self.queue_tombstone_seconds = queue_tombstone_seconds
+        self.queues: dict[str, QueueState] = {}
+        self.tasks: dict[str, TaskState] = {}
+        self._task_tombstones: dict[str, float] = {}
+        self._queue_tombstones: dict[str, float] = {}
+        self._sequence = itertools.count()
+        self.on_work: Callable[[], None] = lambda: None
+        """Called when something may now be due: the dispatcher wakes up."""
+        self._load()
+
+    # -- Loading ------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        for name, data in self.store.queues():
+            queue = Queue()
+            queue.ParseFromString(data)
+            self.queues[name] = QueueState(queue)
+        for stored in self.store.tasks():
+            task = Task()
+            task.ParseFromString(stored.data)
+            state = TaskState(task, stored.queue, **stored.meta)
+            if stored.queue in self.queues:
+                self._index(state)
+        self._task_tombstones = dict(self.store.tombstones("task"))
+        self._queue_tombstones = dict(self.store.tombstones("queue"))
+
+    def _index(self, state: TaskState) -> None:
+        self.tasks[state.name] = state
+        queue = self.queues[state.queue]
+        queue.tasks.add(state.name)
+        self._push(queue, state)
+
+    def _push(self, queue: QueueState, state: TaskState) -> None:
+        heapq.heappush(queue.due, (_micros(state.task.schedule_time), next(self._sequence), state.name))  # type: ignore
+
+    # -- Tombstones ---------------------------------------------------------------------------------
+
+    def _tombstoned(self, tombstones: dict[str, float], kind: str, name: str) -> bool:
+        expires = tombstones.get(name)
+        if expires is None:
+            return False
+        if expires > self.clock.now():
+            return True
+        del tombstones[name]
+        self.store.forget_tombstone(kind, name)
+        return False
+
+    def _retire(self, state: TaskState) -> None:
+        """Remove a task for good (done, failed permanently, deleted, purged); its name stays reserved."""
+        until = self.clock.now() + self.task_tombstone_seconds
+        self.tasks.pop(state.name, None)
+        queue = self.queues.get(state.queue)
+        if queue is not None:
+            queue.tasks.discard(state.name)
+        self._task_tombstones[state.name] = until
+        self.store.delete_task(state.name, until)
+
+    # -- Queues -------------------------------------------------------------------------------------
+
+    def _queue(self, name: str, not_found: Callable[[], errors.ApiError] = errors.queue_not_found) -> QueueState:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise not_found()
+        return queue
+
+    def _save_queue(self, queue: QueueState) -> object:
+        self.store.put_queue(queue.name, queue.queue.SerializeToString())  # type: ignore[attr-defined]
+        shown = Queue()
+        shown.CopyFrom(queue.queue)  # type: ignore[arg-type]
+        return shown
+
+    def create_queue(self, parent: str, queue: object) -> object:
+        check_parent(parent)
+        name = parse_queue_name(queue.name)  # type: ignore[attr-defined]
+        if name.parent != parent:
+            raise errors.invalid(f"Queue.name ('{queue.name}') must be in the parent ('{parent}').")  # type: ignore
+        validate_queue_config(queue)
+        if name.path in self.queues:
+            raise errors.queue_already_exists()
+        if self._tombstoned(self._queue_tombstones, "queue", name.path):
+            raise errors.queue_recently_deleted()
+        return self._install_queue(queue)
+
+    def _install_queue(self, queue: object) -> object:
+        created = Queue()
+        created.CopyFrom(queue)  # type: ignore[arg-type]
+        apply_queue_defaults(created)
+        created.state = RUNNING
+        created.ClearField("purge_time")
+        state = QueueState(created)
+        self.queues[state.name] = state
+        return self._save_queue(state)
+
+    def update_queue(self, queue: object, update_mask: field_mask_pb2.FieldMask) -> object:
+        """UpdateQueue is an upsert (§10.6): it creates a missing queue; it never changes the state."""
+        name = parse_queue_name(queue.name)  # type: ignore[attr-defined]
+        validate_queue_config(queue)
+        existing = self.queues.get(name.path)
+        if existing is None:
+            if self._tombstoned(self._queue_tombstones, "queue", name.path):
+                raise errors.queue_recently_deleted()
+            return self._install_queue(queue)
+        updated = Queue()
+        updated.CopyFrom(existing.queue)  # type: ignore[arg-type]
+        paths = list(update_mask.paths) or list(UPDATABLE_QUEUE_FIELDS)
+        for path in paths:
+            top = path.split(".")[0]
+            if top not in UPDATABLE_QUEUE_FIELDS:
+                raise errors.invalid(f"Invalid update_mask path: '{path}'.")  # inferred
+            _copy_path(queue, updated, path)
+        validate_queue_config(updated)
+        apply_queue_defaults(updated)
+        updated.rate_limits.max_burst_size = burst_size(updated.rate_limits.max_dispatches_per_second)
+        existing.queue = updated
+        self.on_work()
+        return self._save_queue(existing)
+
+    def get_queue(self, name: str) -> object:
+        parse_queue_name(name)
+        return _copy(self._queue(name).queue)
+
+    def list_queues(self, parent: str, filter_: str, page_size: int, page_token: str) -> tuple[list[object], str]:
+        check_parent(parent)
+        wanted_state = _state_filter(filter_)
+        names = sorted(name for name in self.queues if name.startswith(parent + "/queues/"))
+        if wanted_state is not None:
+            names = [n for n in names if self.queues[n].queue.state == wanted_state]  # type: ignore[attr-defined]
+        page, token = _page(names, page_size or MAX_QUEUES_PAGE, MAX_QUEUES_PAGE, page_token)
+        return [_copy(self.queues[n].queue) for n in page], token
+
+    def delete_queue(self, name: str) -> None:
+        parse_queue_name(name)
+        queue = self._queue(name, errors.entity_not_found)
+        until = self.clock.now() + self.queue_tombstone_seconds
+        for task_name in list(queue.tasks):
+            self.tasks.pop(task_name, None)
+        del self.queues[name]
+        if self.queue_tombstone_seconds > 0:
+            self._queue_tombstones[name] = until
+        self.store.delete_queue(name, until)
+
+    def pause_queue(self, name: str) -> object:
+        return self._set_state(name, PAUSED)
+
+    def resume_queue(self, name: str) -> object:
+        return self._set_state(name, RUNNING)
+
+    def _set_state(self, name: str, state: int) -> object:
+        parse_queue_name(name)
+        queue = self._queue(name)
+        queue.queue.state = state  # type: ignore[attr-defined]
+        self.on_work()
+        return self._save_queue(queue)
+
+    def purge_queue(self, name: str) -> object:
+        """Deletes every task created before the call (§10.3); their names stay reserved (§5.4)."""
+        parse_queue_name(name)
+        queue = self._queue(name)
+        now = self.clock.now()
+        queue.queue.purge_time.FromMicroseconds(int(now * 1_000_000))  # type: ignore[attr-defined]
+        until = now + self.task_tombstone_seconds
+        purged = [n for n in queue.tasks if self.tasks[n].task.create_time.seconds <= now]  # type: ignore[attr-defined]
+        for task_name in purged:
+            self.tasks.pop(task_name, None)
+            queue.tasks.discard(task_name)
+            self._task_tombstones[task_name] = until
+        self.store.delete_tasks(purged, until)
+        return self._save_queue(queue)
+
+    # -- Tasks --------------------------------------------------------------------------------------
+
+    def create_task(self, parent: str, task: object, view: int) -> object:
+        parse_queue_name(parent)
+        new = Task()
+        new.CopyFrom(task)  # type: ignore[arg-type]
+        if new.name:
+            task_id_of(new.name, parent)
+        queue = self._queue(parent)
+        now = self.clock.now()
+        normalise_new_task(new, now)
+        if not new.name:
+            new.name = f"{parent}/tasks/{new_task_id()}"
+        if new.name in self.tasks or self._tombstoned(self._task_tombstones, "task", new.name):
+            raise errors.task_already_exists()
+        state = TaskState(new, queue.name)
+        self.store.put_task(state.stored())
+        self._index(state)
+        self.on_work()
+        return with_view(new, view)
+
+    def _task(self, name: str) -> TaskState:
+        state = self.tasks.get(name)
+        if state is None:
+            raise errors.entity_not_found()
+        return state
+
+    def get_task(self, name: str, view: int) -> object:
+        state = self.tasks.get(name)
+        if state is None:
+            if self._tombstoned(self._task_tombstones, "task", name):
+                raise errors.task_recently_deleted()
+            raise errors.entity_not_found()
+        return with_view(state.task, view)
+
+    def list_tasks(self, parent: str, view: int, page_size: int, page_token: str) -> tuple[list[object], str]:
+        parse_queue_name(parent)
+        queue = self._queue(parent)
+        page, token = _page(sorted(queue.tasks), page_size or MAX_TASKS_PAGE, MAX_TASKS_PAGE, page_token)
+        return [with_view(self.tasks[name].task, view) for name in page], token
+
+    def delete_task(self, name: str) -> None:
+        self._retire(self._task(name))
+
+    def run_task(self, name: str, view: int) -> tuple[object, TaskState]:
+        """Marks the task for immediate dispatch, ignoring schedule, pause and rate limits (§10.5)."""
+        state = self._task(name)
+        state.run_requested = True
+        return with_view(state.task, view), state
+
+    # -- Dispatch -----------------------------------------------------------------------------------
+
+    def running_queues(self) -> Iterator[QueueState]:
+        return (queue for queue in self.queues.values() if not queue.paused)
+
+    def peek_due(self, queue: QueueState) -> tuple[int, TaskState] | None:
+        """The earliest task of `queue` waiting for an attempt, with its schedule time in µs."""
+        while queue.due:
+            micros, _, name = queue.due[0]
+            state = self.tasks.get(name)
+            if state is None or state.in_flight or state.queue != queue.name or \
+                    _micros(state.task.schedule_time) != micros:  # type: ignore[attr-defined]
+                heapq.heappop(queue.due)  # stale: done, deleted, running or rescheduled
+                continue
+            return micros, state
+        return None
+
+    def take_due(self, queue: QueueState) -> None:
+        heapq.heappop(queue.due)
+
+    def run_requests(self) -> list[TaskState]:
+        return [state for state in self.tasks.values() if state.run_requested and not state.in_flight]
+
+    def begin_attempt(self, state: TaskState) -> Attempt:
+        """Record a dispatch (§4.6, §4.7) and return what to send."""
+        now = self.clock.now()
+        task = state.task
+        retry_count = task.dispatch_count  # type: ignore[attr-defined]
+        task.dispatch_count += 1  # type: ignore[attr-defined]
+        if retry_count == 0:
+            task.first_attempt.dispatch_time.FromMicroseconds(int(now * 1_000_000))  # type: ignore[attr-defined]
+        task.last_attempt.Clear()  # type: ignore[attr-defined]
+        task.last_attempt.schedule_time.CopyFrom(task.schedule_time)  # type: ignore[attr-defined]
+        task.last_attempt.dispatch_time.FromMicroseconds(int(now * 1_000_000))  # type: ignore[attr-defined]
+        forced = state.run_requested
+        state.in_flight = True
+        state.run_requested = False
+        self.store.put_task(state.stored())
+        kind = task.WhichOneof("message_type")  # type: ignore[attr-defined]
+        request = getattr(task, kind)
+        oidc = request.oidc_token if kind == "http_request" and request.HasField("oidc_token") else None
+        oauth = request.oauth_token if kind == "http_request" and request.HasField("oauth_token") else None
+        queue_id = state.queue.rsplit("/", 1)[1]
+        deadline = task.dispatch_deadline  # type: ignore[attr-defined]
+        return Attempt(
+            task_name=state.name, queue_id=queue_id, task_id=state.name.rsplit("/", 1)[1], kind=kind,
+            method=target_types.HttpMethod(request.http_method).name,
+            url=request.url if kind == "http_request" else request.relative_uri or "/",
+            headers=dict(request.headers), body=bytes(request.body),
+            oidc_email=oidc.service_account_email if oidc else None,
+            oidc_audience=(oidc.audience or request.url) if oidc else None,
+            oauth_email=oauth.service_account_email if oauth else None,
+            deadline=(deadline.seconds + deadline.nanos / 1e9) or 600.0,
+            retry_count=retry_count, execution_count=state.execution_count,
+            eta=_micros(task.schedule_time) / 1_000_000,  # type: ignore[attr-defined]
+            previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
+
+    def finish_attempt(self, attempt: Attempt, status: int, retry_after: float | None, *, answered: bool = True,
+                       ) -> str:
+        """Record an attempt's outcome. Without an answer, `status` stands for what happened: 504 for no
+        answer before the deadline (§1.4), 502 for a target that could not be reached.
+
+        Returns "succeeded", "retrying", "gave_up" or "gone" (deleted or purged meanwhile).
+        """
+        state = self.tasks.get(attempt.task_name)
+        if state is None or not state.in_flight:
+            return "gone"
+        now = self.clock.now()
+        task = state.task
+        state.in_flight = False
+        last = task.last_attempt  # type: ignore[attr-defined]
+        last.response_status.code = rpc_code_for(status)
+        last.response_status.message = reason_phrase(status)
+        if answered:
+            task.response_count += 1  # type: ignore[attr-defined]
+            last.response_time.FromMicroseconds(int(now * 1_000_000))
+        if answered and 200 <= status < 300:
+            self._retire(state)
+            return "succeeded"
+        if answered and status < 500:
+            state.execution_count += 1
+        state.previous_response = status
+        state.retry_reason = reason_phrase(status) if answered else (
+            "Deadline exceeded" if status == 504 else "Target unreachable")
+        policy = policy_of(self.queues[state.queue].queue)
+        first = task.first_attempt.dispatch_time  # type: ignore[attr-defined]
+        if policy.gives_up(task.dispatch_count, first.seconds + first.nanos / 1e9, now):  # type: ignore
+            self._retire(state)
+            return "gave_up"
+        failed_at = attempt.started if attempt.forced else now
+        next_time = policy.next_attempt(task.dispatch_count, failed_at, status, retry_after)  # type: ignore
+        task.schedule_time.FromMicroseconds(int(next_time * 1_000_000))  # type: ignore[attr-defined]
+        self.store.put_task(state.stored())
+        self._push(self.queues[state.queue], state)
+        self.on_work()
+        return "retrying"
+
+
+def _copy(message: object) -> object:
+    copied = type(message)()  # type: ignore[operator]
+    copied.CopyFrom(message)
+    return copied
+
+
+def _copy_path(source: object, target: object, path: str) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        source, target = getattr(source, part), getattr(target, part)
+    value = getattr(source, leaf)
+    if hasattr(value, "CopyFrom"):
+        getattr(target, leaf).CopyFrom(value)
+        if not source.HasField(leaf):  # type: ignore[attr-defined]
+            target.ClearField(leaf)  # type: ignore[attr-defined]
+    else:
+        setattr(target, leaf, value)
+
+
+def _state_filter(filter_: str) -> int | None:
+    if not filter_.strip():
+        return None
+    key, _, value = filter_.partition(":")
+    if key.strip() != "state" or value.strip() not in QueueState_.__members__:
+        raise errors.invalid(f"Unsupported filter: '{filter_}'; only 'state: <STATE>' is supported.")  # inferred
+    return int(QueueState_[value.strip()])
+
+
+def _page(names: list[str], size: int, most: int, token: str) -> tuple[list[str], str]:
+    """A page of sorted `names` after the one encoded in `token`, and the next token ("" at the end)."""
+    size = min(size, most)
+    start = 0
+    if token:
+        try:
+            after = base64.urlsafe_b64decode(token.encode()).decode()
+        except ValueError:
+            raise errors.invalid("Invalid page_token.") from None  # inferred
+        start = next((i for i, name in enumerate(names) if name > after), len(names))
+    page = names[start:start + size]
+    more = start + size < len(names)
+    return page, base64.urlsafe_b64encode(page[-1].encode()).decode() if more and page else ""

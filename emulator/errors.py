@@ -1,0 +1,100 @@
+"""The errors the emulator answers with: the real service's gRPC codes and messages, word for word.
+
+Messages are from ../shared/reference/real-cloud-tasks/errors.json (recorded from Google Cloud Tasks);
+tests/emulator/test_conformance.py replays every case there against these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2
+
+
+@dataclass
+class ApiError(Exception):
+    code: grpc.StatusCode
+    message: str
+    details: list[any_pb2.Any] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+def _packed(*messages: object) -> list[any_pb2.Any]:
+    packed = []
+    for message in messages:
+        container = any_pb2.Any()
+        container.Pack(message)  # type: ignore[arg-type]
+        packed.append(container)
+    return packed
+
+
+def _help(description: str, url: str) -> error_details_pb2.Help:
+    return error_details_pb2.Help(links=[error_details_pb2.Help.Link(description=description, url=url)])
+
+
+QUEUE_NOT_FOUND = ("Queue does not exist. If you just created the queue, wait at least a minute for the "
+                   "queue to initialize.")
+
+
+def queue_not_found() -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, QUEUE_NOT_FOUND)
+
+
+def entity_not_found() -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, "Requested entity was not found.")
+
+
+def task_recently_deleted() -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, "The task no longer exists, though a task with this name existed "
+                                               "recently. The task either successfully completed or was deleted.")
+
+
+def queue_already_exists() -> ApiError:
+    return ApiError(grpc.StatusCode.ALREADY_EXISTS, "Queue already exists")
+
+
+def task_already_exists() -> ApiError:
+    return ApiError(grpc.StatusCode.ALREADY_EXISTS, "Requested entity already exists")
+
+
+def queue_recently_deleted() -> ApiError:
+    return ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                    "The queue cannot be created because a queue with this name existed too recently.")
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def invalid_queue_name() -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                    'Queue name must be formatted: "projects/<PROJECT_ID>/locations/<LOCATION_ID>/queues/<QUEUE_ID>".',
+                    _packed(_help("Definition of queue name", "https://cloud.google.com/tasks/docs/reference/rest/v2/"
+                                  "projects.locations.queues#Queue.FIELDS.name")))
+
+
+def invalid_task_id(task_id: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                    f'Task ID "{task_id}" can contain only letters ([A-Za-z]), numbers ([0-9]), hyphens (-), or '
+                    "underscores (_). Task ID must between 1 and 500 characters.",
+                    _packed(_help("Definition of task ID", "https://cloud.google.com/tasks/docs/reference/rest/v2/"
+                                  "projects.locations.queues.tasks#Task.FIELDS.name")))
+
+
+def invalid_parent(parent: str) -> ApiError:
+    """What the service answers for a parent that is not projects/P/locations/L: it reads it as a project."""
+    message = f"Permission denied on resource project {parent}."
+    return ApiError(grpc.StatusCode.PERMISSION_DENIED, message, _packed(
+        error_details_pb2.ErrorInfo(reason="CONSUMER_INVALID", domain="googleapis.com", metadata={
+            "consumer": f"projects/{parent}", "containerInfo": parent, "service": "cloudtasks.googleapis.com"}),
+        error_details_pb2.LocalizedMessage(locale="en-US", message=message),
+        _help("Google developers console", "https://console.developers.google.com"),
+    ))
+
+
+def unimplemented(method: str) -> ApiError:
+    return ApiError(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by the Tasklane emulator.")

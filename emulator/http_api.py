@@ -1,0 +1,98 @@
+"""The HTTP port: OIDC discovery and signing keys (so handlers verify task tokens as they would
+Google's), health, and an inspection API over queues, tasks and every dispatch attempt."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from emulator.clock import ManualClock
+from emulator.dispatcher import Dispatcher
+from emulator.engine import Engine
+from emulator.faults import Faults
+from emulator.tokens import TokenIssuer
+
+
+def create_http_app(engine: Engine, dispatcher: Dispatcher, tokens: TokenIssuer, faults: Faults,
+                    base_url: str) -> Starlette:
+    def message(value: Any) -> dict[str, Any]:
+        return json_format.MessageToDict(value, preserving_proto_field_name=False)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def discovery(request: Request) -> JSONResponse:
+        return JSONResponse(tokens.discovery(base_url))
+
+    async def jwks(request: Request) -> JSONResponse:
+        return JSONResponse(tokens.jwks(), headers={"Cache-Control": "public, max-age=3600"})
+
+    async def pem_certs(request: Request) -> JSONResponse:
+        return JSONResponse(tokens.pem_certificates(), headers={"Cache-Control": "public, max-age=3600"})
+
+    async def queues(request: Request) -> JSONResponse:
+        listed = []
+        for state in engine.queues.values():
+            runtime = dispatcher.runtimes.get(state.name)
+            listed.append({**message(state.queue), "tasks": len(state.tasks),
+                           "inFlight": runtime.in_flight if runtime else 0,
+                           "peakInFlight": runtime.peak_in_flight if runtime else 0})
+        return JSONResponse({"queues": listed})
+
+    async def tasks(request: Request) -> JSONResponse:
+        queue = request.query_params.get("queue")
+        listed = [{**message(state.task), "executionCount": state.execution_count, "inFlight": state.in_flight}
+                  for state in engine.tasks.values() if queue is None or state.queue == queue]
+        return JSONResponse({"tasks": listed})
+
+    async def attempts(request: Request) -> JSONResponse:
+        task, queue = request.query_params.get("task"), request.query_params.get("queue")
+        listed = [dataclasses.asdict(record) for record in dispatcher.attempts
+                  if (task is None or record.task == task) and (queue is None or record.queue == queue)]
+        return JSONResponse({"attempts": listed})
+
+    async def clock(request: Request) -> JSONResponse:
+        manual = isinstance(engine.clock, ManualClock)
+        if request.method == "POST":
+            if not isinstance(engine.clock, ManualClock):
+                return JSONResponse({"error": "the emulator runs on the system clock; start it with "
+                                              "--manual-clock to move time"}, status_code=409)
+            body = await request.json()
+            seconds = body.get("seconds") if isinstance(body, dict) else None
+            if not isinstance(seconds, int | float) or seconds < 0:
+                return JSONResponse({"error": "send {\"seconds\": N} with N >= 0"}, status_code=400)
+            engine.clock.advance(float(seconds))
+            dispatcher.wake()
+        return JSONResponse({"now": engine.clock.now(), "manual": manual})
+
+    async def faults_route(request: Request) -> JSONResponse:
+        if request.method == "PUT":
+            body = await request.json()
+            try:
+                faults.latency = {str(k): float(v) for k, v in dict(body.get("latency", {})).items()}
+                faults.error_rate = float(body.get("errorRate", 0.0))
+                faults.error_code = grpc.StatusCode[str(body.get("errorCode", "UNAVAILABLE"))]
+                faults.__post_init__()
+            except (TypeError, ValueError, KeyError, AttributeError) as error:
+                return JSONResponse({"error": f"invalid faults: {error}"}, status_code=400)
+        return JSONResponse({"latency": faults.latency, "errorRate": faults.error_rate,
+                             "errorCode": faults.error_code.name})
+
+    return Starlette(routes=[
+        Route("/healthz", health),
+        Route("/.well-known/openid-configuration", discovery),
+        Route("/oauth2/v3/certs", jwks),
+        Route("/oauth2/v1/certs", pem_certs),
+        Route("/v1/queues", queues),
+        Route("/v1/tasks", tasks),
+        Route("/v1/attempts", attempts),
+        Route("/v1/clock", clock, methods=["GET", "POST"]),
+        Route("/v1/faults", faults_route, methods=["GET", "PUT"]),
+    ])

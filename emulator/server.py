@@ -1,0 +1,168 @@
+"""The emulator as one object: engine, dispatcher, gRPC and HTTP transports on one event loop.
+
+`await EmulatorServer(config).start()` inside a loop (the CLI), or `start_in_thread()` from synchronous
+code and tests, which runs the loop in a background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import grpc
+import uvicorn
+
+from emulator.clock import Clock, SystemClock
+from emulator.dispatcher import Dispatcher
+from emulator.engine import DEFAULT_QUEUE_TOMBSTONE_SECONDS, DEFAULT_TASK_TOMBSTONE_SECONDS, Engine
+from emulator.faults import Faults
+from emulator.grpc_service import CloudTasksService
+from emulator.http_api import create_http_app
+from emulator.store import Store
+from emulator.tokens import TokenIssuer
+
+log = logging.getLogger("emulator")
+EMULATOR_HOST_VARIABLE = "CLOUD_TASKS_EMULATOR_HOST"
+
+
+@dataclass
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    grpc_port: int = 8123
+    http_port: int = 8124
+    """0 picks a free port (tests)."""
+    state_file: str | None = None
+    """SQLite file; None keeps state in memory."""
+    clock: Clock = field(default_factory=SystemClock)
+    task_tombstone_seconds: float = DEFAULT_TASK_TOMBSTONE_SECONDS
+    queue_tombstone_seconds: float = DEFAULT_QUEUE_TOMBSTONE_SECONDS
+    enforce_rate_limits: bool = True
+    app_engine_url: str | None = None
+    faults: Faults = field(default_factory=Faults)
+    queues: list[object] = field(default_factory=list)
+    """Queue messages to create (or update) at start."""
+
+
+class EmulatorServer:
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.store: Store | None = None
+        self.engine: Engine | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.grpc_port = self.config.grpc_port
+        self.http_port = self.config.http_port
+        self._grpc: grpc.aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.config.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.http_port}"
+
+    @property
+    def ready_line(self) -> str:
+        return (f"Cloud Tasks emulator ready: gRPC {self.grpc_target}, HTTP {self.http_url} "
+                f"(issuer {self.http_url}, keys {self.http_url}/oauth2/v1/certs); "
+                f"export {EMULATOR_HOST_VARIABLE}={self.grpc_target}")
+
+    async def start(self) -> None:
+        config = self.config
+        http_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        http_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        http_socket.bind((config.host, config.http_port))
+        self.http_port = http_socket.getsockname()[1]
+
+        self.store = Store(config.state_file)
+        self.engine = Engine(self.store, config.clock, task_tombstone_seconds=config.task_tombstone_seconds,
+                             queue_tombstone_seconds=config.queue_tombstone_seconds)
+        tokens = TokenIssuer(self.store, config.clock, issuer=self.http_url)
+        self.dispatcher = Dispatcher(self.engine, tokens, config.clock,
+                                     enforce_rate_limits=config.enforce_rate_limits,
+                                     app_engine_url=config.app_engine_url)
+        from google.protobuf import field_mask_pb2
+
+        for queue in config.queues:
+            self.engine.update_queue(queue, field_mask_pb2.FieldMask())
+
+        self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                                              ("grpc.so_reuseport", 0)])
+        self._grpc.add_generic_rpc_handlers((CloudTasksService(self.engine, self.dispatcher,
+                                                               config.faults).handlers(),))
+        self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}")
+        await self._grpc.start()
+
+        app = create_http_app(self.engine, self.dispatcher, tokens, config.faults, self.http_url)
+        self._http = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[http_socket]))
+        while not self._http.started:
+            await asyncio.sleep(0.005)
+        await self.dispatcher.start()
+        self._stopped = asyncio.Event()
+
+    async def stop(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        if self.store is not None:
+            self.store.close()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    # -- Running from synchronous code ----------------------------------------------------------------
+
+    def start_in_thread(self) -> EmulatorServer:
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as error:  # noqa: BLE001 - reported to the starting thread
+                failure.append(error)
+                started.set()
+                return
+            started.set()
+            loop.run_until_complete(self.wait_stopped())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="cloud-tasks-emulator", daemon=True)
+        self._thread.start()
+        started.wait(timeout=30)
+        if failure:
+            raise failure[0]
+        return self
+
+    def call(self, function: object) -> object:
+        """Run `function()` on the emulator's loop thread and return its result (engine access from tests)."""
+        assert self._loop is not None
+        async def invoke() -> object:
+            return function()  # type: ignore[operator]
+        return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(timeout=30)
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=30)
+            self._thread.join(timeout=30)
