@@ -14,12 +14,14 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
-
-import pulumi
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from handler.config import TokenCheck
 from infra import limits
+
+if TYPE_CHECKING:
+    import pulumi
 
 PROJECT_NAMESPACE = "tasklane"
 
@@ -263,10 +265,19 @@ def validation_problems(s: PipelineSettings) -> list[str]:
 T = TypeVar("T")
 
 
-def load_settings(config: pulumi.Config | None = None, gcp_config: pulumi.Config | None = None) -> PipelineSettings:
+class ConfigSource(Protocol):
+    """What settings are read from: `pulumi.Config`, or `StackFileConfig` outside a Pulumi run."""
+
+    def get(self, key: str) -> str | None: ...
+
+
+def load_settings(config: ConfigSource | None = None, gcp_config: ConfigSource | None = None) -> PipelineSettings:
     """Read the stack's config into validated settings, reporting every bad value at once."""
-    config = config or pulumi.Config(PROJECT_NAMESPACE)
-    gcp_config = gcp_config or pulumi.Config("gcp")
+    if config is None or gcp_config is None:
+        import pulumi  # only inside a Pulumi run; the emulator reads stack files without it
+
+        config = config or pulumi.Config(PROJECT_NAMESPACE)
+        gcp_config = gcp_config or pulumi.Config("gcp")
     problems: list[str] = []
     values: dict[str, Any] = {}
 
@@ -332,3 +343,38 @@ def _parse_members(text: str) -> tuple[str, ...]:
 
 
 SETTINGS_FIELDS = tuple(field.name for field in fields(PipelineSettings))
+
+
+class StackFileConfig:
+    """One namespace of a stack's config as the Pulumi CLI would hand it over: the stack file's values
+    over the defaults declared in Pulumi.yaml, as strings (lists as JSON)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def get(self, key: str) -> str | None:
+        value = self._values.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def settings_from_stack_files(stack: str, project_dir: Path) -> PipelineSettings:
+    """The settings `pulumi up` would use for `stack`, read from Pulumi.yaml and Pulumi.<stack>.yaml."""
+    import yaml
+
+    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text())
+    stack_file = project_dir / f"Pulumi.{stack}.yaml"
+    if not stack_file.exists():
+        raise SettingsError([f"no stack file {stack_file.name} in {project_dir}"])
+    values = (yaml.safe_load(stack_file.read_text()) or {}).get("config", {})
+    namespaces: dict[str, dict[str, Any]] = {PROJECT_NAMESPACE: {}, "gcp": {}}
+    for key, declared in project.get("config", {}).items():
+        if "default" in declared:
+            namespaces[PROJECT_NAMESPACE][key] = declared["default"]
+    for full_key, value in values.items():
+        namespace, _, key = full_key.partition(":")
+        namespaces.setdefault(namespace, {})[key] = value
+    return load_settings(StackFileConfig(namespaces[PROJECT_NAMESPACE]), StackFileConfig(namespaces["gcp"]))

@@ -1,0 +1,136 @@
+"""`python -m emulator`: run the local Cloud Tasks until Ctrl-C or SIGTERM.
+
+    python -m emulator --pulumi-stack dev --state-file .tasklane/emulator.sqlite
+
+prints one ready line with the addresses and the CLOUD_TASKS_EMULATOR_HOST value to export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from google.cloud.tasks_v2.types import queue as queue_types
+
+from emulator.clock import ManualClock, SystemClock
+from emulator.faults import Faults
+from emulator.server import EmulatorConfig, EmulatorServer
+from emulator.validation import QUEUE_NAME
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def stack_queue(stack: str, project_dir: Path) -> object:
+    """The queue a Pulumi stack deploys, with its rate and retry settings, under a stable local name."""
+    from infra.settings import format_duration, settings_from_stack_files
+
+    settings = settings_from_stack_files(stack, project_dir)
+    queue = queue_types.Queue.pb()(name=local_queue_path(settings.project, settings.region, settings.name))
+    queue.rate_limits.max_dispatches_per_second = settings.max_dispatches_per_second
+    queue.rate_limits.max_concurrent_dispatches = settings.max_concurrent_dispatches
+    retry = queue.retry_config
+    retry.max_attempts = settings.max_attempts
+    retry.max_doublings = settings.max_doublings
+    for field_name, seconds in (("min_backoff", settings.min_backoff_seconds),
+                                ("max_backoff", settings.max_backoff_seconds),
+                                ("max_retry_duration", settings.max_retry_duration_seconds)):
+        getattr(retry, field_name).FromJsonString(format_duration(seconds))
+    queue.stackdriver_logging_config.sampling_ratio = settings.logging_sampling_ratio
+    return queue
+
+
+def local_queue_path(project: str, region: str, name: str) -> str:
+    """Deployed queues are auto-named; locally the stack's queue is `<name>-queue`."""
+    return f"projects/{project}/locations/{region}/queues/{name}-queue"
+
+
+def _latency(text: str) -> tuple[str, float]:
+    method, _, seconds = text.partition("=")
+    try:
+        value = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write METHOD=SECONDS, e.g. CreateTask=0.02 or '*=0.02'") from None
+    if not method or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: write METHOD=SECONDS with SECONDS >= 0")
+    return method, value
+
+
+def _queue_path(text: str) -> str:
+    if not QUEUE_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a queue path: projects/P/locations/L/queues/Q")
+    return text
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m emulator", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--grpc-port", type=int, default=8123, help="Cloud Tasks gRPC API port (default 8123)")
+    parser.add_argument("--http-port", type=int, default=8124,
+                        help="OIDC discovery, signing keys, health and inspection (default 8124)")
+    parser.add_argument("--state-file", help="SQLite file to keep state in across restarts (default: memory)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--queue", action="append", default=[], type=_queue_path, metavar="PATH",
+                        help="create this queue at start (repeatable)")
+    parser.add_argument("--pulumi-stack", action="append", default=[], metavar="STACK",
+                        help="create the queue of Pulumi.<STACK>.yaml with its rate and retry settings (repeatable)")
+    parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="where Pulumi.yaml is")
+    parser.add_argument("--task-tombstone-seconds", type=float, default=3600.0,
+                        help="how long a finished or deleted task's name stays reserved (default 3600)")
+    parser.add_argument("--queue-tombstone-seconds", type=float, default=7 * 86400.0,
+                        help="how long a deleted queue's name stays blocked (default 7 days; 0 for never)")
+    parser.add_argument("--ignore-rate-limits", action="store_true",
+                        help="dispatch as fast as targets answer (concurrency limits still apply)")
+    parser.add_argument("--app-engine-url", help="base URL App Engine tasks are sent to")
+    parser.add_argument("--manual-clock", action="store_true",
+                        help="time moves only through POST /v1/clock (tests across processes)")
+    parser.add_argument("--latency", action="append", default=[], type=_latency, metavar="METHOD=SECONDS",
+                        help="slow an RPC down on purpose, e.g. CreateTask=0.02 or '*=0.02' (repeatable)")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of RPCs failed with UNAVAILABLE")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    queues = [queue_types.Queue.pb()(name=path) for path in args.queue]
+    queues += [stack_queue(stack, args.project_dir) for stack in args.pulumi_stack]
+    config = EmulatorConfig(
+        host=args.host, grpc_port=args.grpc_port, http_port=args.http_port, state_file=args.state_file,
+        clock=ManualClock() if args.manual_clock else SystemClock(),
+        task_tombstone_seconds=args.task_tombstone_seconds, queue_tombstone_seconds=args.queue_tombstone_seconds,
+        enforce_rate_limits=not args.ignore_rate_limits, app_engine_url=args.app_engine_url,
+        faults=Faults(latency=dict(args.latency), error_rate=args.error_rate, error_code=grpc.StatusCode.UNAVAILABLE),
+        queues=queues)
+    server = EmulatorServer(config)
+    await server.start()
+    for queue in queues:
+        logging.getLogger("emulator").info("queue ready: %s", queue.name)  # type: ignore[attr-defined]
+    print(server.ready_line, flush=True)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args))
+    except OSError as error:
+        print(f"emulator: cannot start: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"emulator: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
