@@ -23,7 +23,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt emu
 venv: $(INSTALLED)
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check infra handler tests bench
+	$(BIN)/ruff check infra handler emulator tests bench
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

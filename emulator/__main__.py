@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.cloud.tasks_v2.types import queue as queue_types
@@ -25,7 +26,7 @@ from emulator.validation import QUEUE_NAME
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-def stack_queue(stack: str, project_dir: Path) -> object:
+def stack_queue(stack: str, project_dir: Path) -> Any:
     """The queue a Pulumi stack deploys, with its rate and retry settings, under a stable local name."""
     from infra.settings import format_duration, settings_from_stack_files
 
@@ -108,7 +109,7 @@ async def serve(args: argparse.Namespace) -> None:
     server = EmulatorServer(config)
     await server.start()
     for queue in queues:
-        logging.getLogger("emulator").info("queue ready: %s", queue.name)  # type: ignore[attr-defined]
+        logging.getLogger("emulator").info("queue ready: %s", queue.name)
     print(server.ready_line, flush=True)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

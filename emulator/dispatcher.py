@@ -114,7 +114,7 @@ class Dispatcher:
             await self._session.close()
 
     def _runtime(self, queue: QueueState) -> QueueRuntime:
-        limits = queue.queue.rate_limits  # type: ignore[attr-defined]
+        limits = queue.queue.rate_limits
         runtime = self.runtimes.get(queue.name)
         if runtime is None:
             runtime = QueueRuntime(TokenBucket(limits.max_dispatches_per_second, limits.max_burst_size,
@@ -142,7 +142,7 @@ class Dispatcher:
             self._start(state, self._runtime(self.engine.queues[state.queue]))
         for queue in list(self.engine.running_queues()):
             runtime = self._runtime(queue)
-            most = queue.queue.rate_limits.max_concurrent_dispatches  # type: ignore[attr-defined]
+            most = queue.queue.rate_limits.max_concurrent_dispatches
             while runtime.in_flight < most:
                 due = self.engine.peek_due(queue)
                 if due is None:
@@ -240,13 +240,14 @@ class Dispatcher:
 
     async def _within_deadline(self, request: Any, deadline_at: float) -> tuple[int, float | None]:
         if isinstance(self.clock, SystemClock):
-            return await asyncio.wait_for(request, timeout=max(0.0, deadline_at - self.clock.now()))  # type: ignore
+            return await asyncio.wait_for(request, timeout=max(0.0, deadline_at - self.clock.now()))
         sending = asyncio.ensure_future(request)
         deadline = asyncio.ensure_future(self.clock.sleep_until(deadline_at))
         done, _ = await asyncio.wait({sending, deadline}, return_when=asyncio.FIRST_COMPLETED)
         if sending in done:
             deadline.cancel()
-            return sending.result()  # type: ignore[no-any-return]
+            status, retry_after = sending.result()
+            return int(status), retry_after
         sending.cancel()
         raise TimeoutError
 

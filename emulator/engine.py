@@ -14,6 +14,7 @@ import http
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.cloud.tasks_v2.types import queue as queue_types
 from google.cloud.tasks_v2.types import target as target_types
@@ -55,10 +56,10 @@ _STATUS_CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 
 
 def rpc_code_for(status: int) -> int:
     if 200 <= status < 300:
-        return code_pb2.OK
+        return int(code_pb2.OK)
     if status in _STATUS_CODES:
-        return _STATUS_CODES[status]
-    return code_pb2.FAILED_PRECONDITION if status < 500 else code_pb2.INTERNAL
+        return int(_STATUS_CODES[status])
+    return int(code_pb2.FAILED_PRECONDITION if status < 500 else code_pb2.INTERNAL)
 
 
 def reason_phrase(status: int) -> str:
@@ -68,13 +69,13 @@ def reason_phrase(status: int) -> str:
         return f"HTTP {status}"
 
 
-def _micros(timestamp: object) -> int:
-    return int(timestamp.seconds * 1_000_000 + timestamp.nanos // 1000)  # type: ignore[attr-defined]
+def _micros(timestamp: Any) -> int:
+    return int(timestamp.seconds * 1_000_000 + timestamp.nanos // 1000)
 
 
 @dataclass
 class TaskState:
-    task: object
+    task: Any
     queue: str
     execution_count: int = 0
     """Earlier attempts that got a non-5xx answer (X-CloudTasks-TaskExecutionCount, §7.5)."""
@@ -85,28 +86,28 @@ class TaskState:
 
     @property
     def name(self) -> str:
-        return str(self.task.name)  # type: ignore[attr-defined]
+        return str(self.task.name)
 
     def stored(self) -> StoredTask:
         meta = {"execution_count": self.execution_count, "previous_response": self.previous_response,
                 "retry_reason": self.retry_reason}
-        return StoredTask(self.name, self.queue, self.task.SerializeToString(), meta)  # type: ignore[attr-defined]
+        return StoredTask(self.name, self.queue, self.task.SerializeToString(), meta)
 
 
 @dataclass
 class QueueState:
-    queue: object
+    queue: Any
     due: list[tuple[int, int, str]] = field(default_factory=list)
     """A heap of (schedule time in µs, sequence, task name); entries go stale and are skipped."""
     tasks: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
-        return str(self.queue.name)  # type: ignore[attr-defined]
+        return str(self.queue.name)
 
     @property
     def paused(self) -> bool:
-        return self.queue.state == PAUSED  # type: ignore[attr-defined]
+        return bool(self.queue.state == PAUSED)
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class Engine:
         self._push(queue, state)
 
     def _push(self, queue: QueueState, state: TaskState) -> None:
-        heapq.heappush(queue.due, (_micros(state.task.schedule_time), next(self._sequence), state.name))  # type: ignore
+        heapq.heappush(queue.due, (_micros(state.task.schedule_time), next(self._sequence), state.name))
 
     # -- Tombstones ---------------------------------------------------------------------------------
 
@@ -208,17 +209,17 @@ class Engine:
             raise not_found()
         return queue
 
-    def _save_queue(self, queue: QueueState) -> object:
-        self.store.put_queue(queue.name, queue.queue.SerializeToString())  # type: ignore[attr-defined]
+    def _save_queue(self, queue: QueueState) -> Any:
+        self.store.put_queue(queue.name, queue.queue.SerializeToString())
         shown = Queue()
-        shown.CopyFrom(queue.queue)  # type: ignore[arg-type]
+        shown.CopyFrom(queue.queue)
         return shown
 
-    def create_queue(self, parent: str, queue: object) -> object:
+    def create_queue(self, parent: str, queue: Any) -> Any:
         check_parent(parent)
-        name = parse_queue_name(queue.name)  # type: ignore[attr-defined]
+        name = parse_queue_name(queue.name)
         if name.parent != parent:
-            raise errors.invalid(f"Queue.name ('{queue.name}') must be in the parent ('{parent}').")  # type: ignore
+            raise errors.invalid(f"Queue.name ('{queue.name}') must be in the parent ('{parent}').")
         validate_queue_config(queue)
         if name.path in self.queues:
             raise errors.queue_already_exists()
@@ -226,9 +227,9 @@ class Engine:
             raise errors.queue_recently_deleted()
         return self._install_queue(queue)
 
-    def _install_queue(self, queue: object) -> object:
+    def _install_queue(self, queue: Any) -> Any:
         created = Queue()
-        created.CopyFrom(queue)  # type: ignore[arg-type]
+        created.CopyFrom(queue)
         apply_queue_defaults(created)
         created.state = RUNNING
         created.ClearField("purge_time")
@@ -236,9 +237,9 @@ class Engine:
         self.queues[state.name] = state
         return self._save_queue(state)
 
-    def update_queue(self, queue: object, update_mask: field_mask_pb2.FieldMask) -> object:
+    def update_queue(self, queue: Any, update_mask: field_mask_pb2.FieldMask) -> Any:
         """UpdateQueue is an upsert (§10.6): it creates a missing queue; it never changes the state."""
-        name = parse_queue_name(queue.name)  # type: ignore[attr-defined]
+        name = parse_queue_name(queue.name)
         validate_queue_config(queue)
         existing = self.queues.get(name.path)
         if existing is None:
@@ -246,7 +247,7 @@ class Engine:
                 raise errors.queue_recently_deleted()
             return self._install_queue(queue)
         updated = Queue()
-        updated.CopyFrom(existing.queue)  # type: ignore[arg-type]
+        updated.CopyFrom(existing.queue)
         paths = list(update_mask.paths) or list(UPDATABLE_QUEUE_FIELDS)
         for path in paths:
             top = path.split(".")[0]
@@ -260,16 +261,16 @@ class Engine:
         self.on_work()
         return self._save_queue(existing)
 
-    def get_queue(self, name: str) -> object:
+    def get_queue(self, name: str) -> Any:
         parse_queue_name(name)
         return _copy(self._queue(name).queue)
 
-    def list_queues(self, parent: str, filter_: str, page_size: int, page_token: str) -> tuple[list[object], str]:
+    def list_queues(self, parent: str, filter_: str, page_size: int, page_token: str) -> tuple[list[Any], str]:
         check_parent(parent)
         wanted_state = _state_filter(filter_)
         names = sorted(name for name in self.queues if name.startswith(parent + "/queues/"))
         if wanted_state is not None:
-            names = [n for n in names if self.queues[n].queue.state == wanted_state]  # type: ignore[attr-defined]
+            names = [n for n in names if self.queues[n].queue.state == wanted_state]
         page, token = _page(names, page_size or MAX_QUEUES_PAGE, MAX_QUEUES_PAGE, page_token)
         return [_copy(self.queues[n].queue) for n in page], token
 
@@ -284,27 +285,27 @@ class Engine:
             self._queue_tombstones[name] = until
         self.store.delete_queue(name, until)
 
-    def pause_queue(self, name: str) -> object:
+    def pause_queue(self, name: str) -> Any:
         return self._set_state(name, PAUSED)
 
-    def resume_queue(self, name: str) -> object:
+    def resume_queue(self, name: str) -> Any:
         return self._set_state(name, RUNNING)
 
-    def _set_state(self, name: str, state: int) -> object:
+    def _set_state(self, name: str, state: int) -> Any:
         parse_queue_name(name)
         queue = self._queue(name)
-        queue.queue.state = state  # type: ignore[attr-defined]
+        queue.queue.state = state
         self.on_work()
         return self._save_queue(queue)
 
-    def purge_queue(self, name: str) -> object:
+    def purge_queue(self, name: str) -> Any:
         """Deletes every task created before the call (§10.3); their names stay reserved (§5.4)."""
         parse_queue_name(name)
         queue = self._queue(name)
         now = self.clock.now()
-        queue.queue.purge_time.FromMicroseconds(int(now * 1_000_000))  # type: ignore[attr-defined]
+        queue.queue.purge_time.FromMicroseconds(int(now * 1_000_000))
         until = now + self.task_tombstone_seconds
-        purged = [n for n in queue.tasks if self.tasks[n].task.create_time.seconds <= now]  # type: ignore[attr-defined]
+        purged = [n for n in queue.tasks if self.tasks[n].task.create_time.seconds <= now]
         for task_name in purged:
             self.tasks.pop(task_name, None)
             queue.tasks.discard(task_name)
@@ -314,10 +315,10 @@ class Engine:
 
     # -- Tasks --------------------------------------------------------------------------------------
 
-    def create_task(self, parent: str, task: object, view: int) -> object:
+    def create_task(self, parent: str, task: Any, view: int) -> Any:
         parse_queue_name(parent)
         new = Task()
-        new.CopyFrom(task)  # type: ignore[arg-type]
+        new.CopyFrom(task)
         if new.name:
             task_id_of(new.name, parent)
         queue = self._queue(parent)
@@ -339,7 +340,7 @@ class Engine:
             raise errors.entity_not_found()
         return state
 
-    def get_task(self, name: str, view: int) -> object:
+    def get_task(self, name: str, view: int) -> Any:
         state = self.tasks.get(name)
         if state is None:
             if self._tombstoned(self._task_tombstones, "task", name):
@@ -347,7 +348,7 @@ class Engine:
             raise errors.entity_not_found()
         return with_view(state.task, view)
 
-    def list_tasks(self, parent: str, view: int, page_size: int, page_token: str) -> tuple[list[object], str]:
+    def list_tasks(self, parent: str, view: int, page_size: int, page_token: str) -> tuple[list[Any], str]:
         parse_queue_name(parent)
         queue = self._queue(parent)
         page, token = _page(sorted(queue.tasks), page_size or MAX_TASKS_PAGE, MAX_TASKS_PAGE, page_token)
@@ -356,7 +357,7 @@ class Engine:
     def delete_task(self, name: str) -> None:
         self._retire(self._task(name))
 
-    def run_task(self, name: str, view: int) -> tuple[object, TaskState]:
+    def run_task(self, name: str, view: int) -> tuple[Any, TaskState]:
         """Marks the task for immediate dispatch, ignoring schedule, pause and rate limits (§10.5)."""
         state = self._task(name)
         state.run_requested = True
@@ -373,7 +374,7 @@ class Engine:
             micros, _, name = queue.due[0]
             state = self.tasks.get(name)
             if state is None or state.in_flight or state.queue != queue.name or \
-                    _micros(state.task.schedule_time) != micros:  # type: ignore[attr-defined]
+                    _micros(state.task.schedule_time) != micros:
                 heapq.heappop(queue.due)  # stale: done, deleted, running or rescheduled
                 continue
             return micros, state
@@ -389,23 +390,23 @@ class Engine:
         """Record a dispatch (§4.6, §4.7) and return what to send."""
         now = self.clock.now()
         task = state.task
-        retry_count = task.dispatch_count  # type: ignore[attr-defined]
-        task.dispatch_count += 1  # type: ignore[attr-defined]
+        retry_count = task.dispatch_count
+        task.dispatch_count += 1
         if retry_count == 0:
-            task.first_attempt.dispatch_time.FromMicroseconds(int(now * 1_000_000))  # type: ignore[attr-defined]
-        task.last_attempt.Clear()  # type: ignore[attr-defined]
-        task.last_attempt.schedule_time.CopyFrom(task.schedule_time)  # type: ignore[attr-defined]
-        task.last_attempt.dispatch_time.FromMicroseconds(int(now * 1_000_000))  # type: ignore[attr-defined]
+            task.first_attempt.dispatch_time.FromMicroseconds(int(now * 1_000_000))
+        task.last_attempt.Clear()
+        task.last_attempt.schedule_time.CopyFrom(task.schedule_time)
+        task.last_attempt.dispatch_time.FromMicroseconds(int(now * 1_000_000))
         forced = state.run_requested
         state.in_flight = True
         state.run_requested = False
         self.store.put_task(state.stored())
-        kind = task.WhichOneof("message_type")  # type: ignore[attr-defined]
+        kind = task.WhichOneof("message_type")
         request = getattr(task, kind)
         oidc = request.oidc_token if kind == "http_request" and request.HasField("oidc_token") else None
         oauth = request.oauth_token if kind == "http_request" and request.HasField("oauth_token") else None
         queue_id = state.queue.rsplit("/", 1)[1]
-        deadline = task.dispatch_deadline  # type: ignore[attr-defined]
+        deadline = task.dispatch_deadline
         return Attempt(
             task_name=state.name, queue_id=queue_id, task_id=state.name.rsplit("/", 1)[1], kind=kind,
             method=target_types.HttpMethod(request.http_method).name,
@@ -416,7 +417,7 @@ class Engine:
             oauth_email=oauth.service_account_email if oauth else None,
             deadline=(deadline.seconds + deadline.nanos / 1e9) or 600.0,
             retry_count=retry_count, execution_count=state.execution_count,
-            eta=_micros(task.schedule_time) / 1_000_000,  # type: ignore[attr-defined]
+            eta=_micros(task.schedule_time) / 1_000_000,
             previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
 
     def finish_attempt(self, attempt: Attempt, status: int, retry_after: float | None, *, answered: bool = True,
@@ -432,11 +433,11 @@ class Engine:
         now = self.clock.now()
         task = state.task
         state.in_flight = False
-        last = task.last_attempt  # type: ignore[attr-defined]
+        last = task.last_attempt
         last.response_status.code = rpc_code_for(status)
         last.response_status.message = reason_phrase(status)
         if answered:
-            task.response_count += 1  # type: ignore[attr-defined]
+            task.response_count += 1
             last.response_time.FromMicroseconds(int(now * 1_000_000))
         if answered and 200 <= status < 300:
             self._retire(state)
@@ -447,45 +448,45 @@ class Engine:
         state.retry_reason = reason_phrase(status) if answered else (
             "Deadline exceeded" if status == 504 else "Target unreachable")
         policy = policy_of(self.queues[state.queue].queue)
-        first = task.first_attempt.dispatch_time  # type: ignore[attr-defined]
-        if policy.gives_up(task.dispatch_count, first.seconds + first.nanos / 1e9, now):  # type: ignore
+        first = task.first_attempt.dispatch_time
+        if policy.gives_up(task.dispatch_count, first.seconds + first.nanos / 1e9, now):
             self._retire(state)
             return "gave_up"
         failed_at = attempt.started if attempt.forced else now
-        next_time = policy.next_attempt(task.dispatch_count, failed_at, status, retry_after)  # type: ignore
-        task.schedule_time.FromMicroseconds(int(next_time * 1_000_000))  # type: ignore[attr-defined]
+        next_time = policy.next_attempt(task.dispatch_count, failed_at, status, retry_after)
+        task.schedule_time.FromMicroseconds(int(next_time * 1_000_000))
         self.store.put_task(state.stored())
         self._push(self.queues[state.queue], state)
         self.on_work()
         return "retrying"
 
 
-def _copy(message: object) -> object:
-    copied = type(message)()  # type: ignore[operator]
+def _copy(message: Any) -> Any:
+    copied = type(message)()
     copied.CopyFrom(message)
     return copied
 
 
-def _copy_path(source: object, target: object, path: str) -> None:
+def _copy_path(source: Any, target: Any, path: str) -> None:
     *parents, leaf = path.split(".")
     for part in parents:
         source, target = getattr(source, part), getattr(target, part)
     value = getattr(source, leaf)
     if hasattr(value, "CopyFrom"):
         getattr(target, leaf).CopyFrom(value)
-        if not source.HasField(leaf):  # type: ignore[attr-defined]
-            target.ClearField(leaf)  # type: ignore[attr-defined]
+        if not source.HasField(leaf):
+            target.ClearField(leaf)
     else:
         setattr(target, leaf, value)
 
 
-def _state_filter(filter_: str) -> int | None:
+def _state_filter(filter_: str) -> Any:
     if not filter_.strip():
         return None
     key, _, value = filter_.partition(":")
     if key.strip() != "state" or value.strip() not in QueueState_.__members__:
         raise errors.invalid(f"Unsupported filter: '{filter_}'; only 'state: <STATE>' is supported.")  # inferred
-    return int(QueueState_[value.strip()])
+    return int(getattr(QueueState_, value.strip()))
 
 
 def _page(names: list[str], size: int, most: int, token: str) -> tuple[list[str], str]:

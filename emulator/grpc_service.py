@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from google.cloud.tasks_v2.types import cloudtasks
 from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from emulator.dispatcher import Dispatcher
@@ -21,6 +22,7 @@ from emulator.errors import ApiError, unimplemented
 from emulator.faults import Faults
 
 SERVICE = "google.cloud.tasks.v2.CloudTasks"
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 NOT_IMPLEMENTED = ("BatchCreateTasks", "BatchDeleteTasks", "GetCmekConfig", "UpdateCmekConfig", "GetIamPolicy",
                    "SetIamPolicy", "TestIamPermissions")
 
@@ -98,8 +100,8 @@ class CloudTasksService:
             "DeleteTask": (cloudtasks.DeleteTaskRequest, self.delete_task),
             "RunTask": (cloudtasks.RunTaskRequest, self.run_task),
         }
-        methods = {name: grpc.unary_unary_rpc_method_handler(
-            self._serve(name, call), request_deserializer=_message(request_type).FromString,
+        methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {name: grpc.unary_unary_rpc_method_handler(
+            self._serve(name, _parsing(_message(request_type), call)), request_deserializer=lambda raw: raw,
             response_serializer=lambda message: message.SerializeToString())
             for name, (request_type, call) in routes.items()}
         for name in NOT_IMPLEMENTED:
@@ -108,8 +110,8 @@ class CloudTasksService:
                 response_serializer=lambda message: message)
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
-    def _serve(self, name: str, call: Callable[[Any], Any]) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-        async def serve(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _serve(self, name: str, call: Callable[[Any], Any]) -> Handler:
+        async def serve(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 await self.faults.before(name)
                 return call(request)
@@ -118,6 +120,18 @@ class CloudTasksService:
                 await context.abort(error.code, error.message,
                                     trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
         return serve
+
+
+def _parsing(message_type: Any, call: Callable[[Any], Any]) -> Callable[[bytes], Any]:
+    """Parse the request here, so malformed bytes get INVALID_ARGUMENT naming the expected message."""
+    def parse_then_call(raw: bytes) -> Any:
+        try:
+            request = message_type.FromString(raw)
+        except DecodeError:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Request is not a valid {message_type.DESCRIPTOR.full_name} message.") from None
+        return call(request)
+    return parse_then_call
 
 
 def _unimplemented(name: str) -> Callable[[Any], Any]:

@@ -8,6 +8,7 @@ Source: ../shared/reference/cloud-tasks-behaviour.md §2.3 (both limits must be 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class RetryPolicy:
         """Seconds from the `failures`-th failed attempt to the next attempt (failures >= 1)."""
         doublings = min(failures - 1, self.max_doublings)
         linear_steps = max(1, failures - self.max_doublings)
-        return min(self.max_backoff, self.min_backoff * (2 ** doublings) * linear_steps)
+        return float(min(self.max_backoff, self.min_backoff * float(2 ** doublings) * linear_steps))
 
     def gives_up(self, attempts: int, first_attempt: float, now: float) -> bool:
         """Whether a task that has failed `attempts` times is dropped: only when both limits are spent."""
@@ -41,11 +42,11 @@ class RetryPolicy:
         return failed_at + delay
 
 
-def policy_of(queue: object) -> RetryPolicy:
-    retry = queue.retry_config  # type: ignore[attr-defined]
+def policy_of(queue: Any) -> RetryPolicy:
+    retry = queue.retry_config
 
-    def seconds(duration: object) -> float:
-        return duration.seconds + duration.nanos / 1e9  # type: ignore[attr-defined]
+    def seconds(duration: Any) -> float:
+        return float(duration.seconds + duration.nanos / 1e9)
 
     return RetryPolicy(max_attempts=retry.max_attempts, max_retry_duration=seconds(retry.max_retry_duration),
                        min_backoff=seconds(retry.min_backoff), max_backoff=seconds(retry.max_backoff),

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import uvicorn
@@ -42,7 +43,7 @@ class EmulatorConfig:
     enforce_rate_limits: bool = True
     app_engine_url: str | None = None
     faults: Faults = field(default_factory=Faults)
-    queues: list[object] = field(default_factory=list)
+    queues: list[Any] = field(default_factory=list)
     """Queue messages to create (or update) at start."""
 
 
@@ -155,11 +156,11 @@ class EmulatorServer:
             raise failure[0]
         return self
 
-    def call(self, function: object) -> object:
+    def call(self, function: Any) -> Any:
         """Run `function()` on the emulator's loop thread and return its result (engine access from tests)."""
         assert self._loop is not None
-        async def invoke() -> object:
-            return function()  # type: ignore[operator]
+        async def invoke() -> Any:
+            return function()
         return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(timeout=30)
 
     def stop_thread(self) -> None:

@@ -51,8 +51,11 @@ class TokenIssuer:
             pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
             store.put_setting(_KEY_SETTING, pem)
-        self._private_key = serialization.load_pem_private_key(pem.encode(), password=None)
-        public_numbers = self._private_key.public_key().public_numbers()  # type: ignore[union-attr]
+        private_key = serialization.load_pem_private_key(pem.encode(), password=None)
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise ValueError("the stored signing key is not an RSA key")
+        self._private_key = private_key
+        public_numbers = private_key.public_key().public_numbers()
         self.key_id = hashlib.sha256(str(public_numbers.n).encode()).hexdigest()[:40]
         self._signer = crypt.RSASigner.from_string(pem, key_id=self.key_id)  # type: ignore[no-untyped-call]
         self._public_numbers = public_numbers
@@ -63,10 +66,10 @@ class TokenIssuer:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tasklane-emulator")])
         start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
         certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                       .public_key(self._private_key.public_key())  # type: ignore[arg-type]
+                       .public_key(self._private_key.public_key())
                        .serial_number(int(self.key_id[:16], 16)).not_valid_before(start)
                        .not_valid_after(start + datetime.timedelta(days=3650 * 4))
-                       .sign(self._private_key, hashes.SHA256()))  # type: ignore[arg-type]
+                       .sign(self._private_key, hashes.SHA256()))
         return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
     def token_for(self, email: str, audience: str) -> str:
@@ -78,7 +81,7 @@ class TokenIssuer:
         subject = subject_id(email)
         claims = {"iss": self.issuer, "aud": audience, "azp": subject, "sub": subject, "email": email,
                   "email_verified": True, "iat": issued, "exp": issued + TOKEN_LIFETIME_SECONDS}
-        token = google_jwt.encode(self._signer, claims).decode()
+        token: str = google_jwt.encode(self._signer, claims).decode()  # type: ignore[no-untyped-call]
         self._recent[(email, audience)] = (now, token)
         return token
 

@@ -10,6 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from google.cloud.tasks_v2.types import queue as queue_types
@@ -91,13 +92,13 @@ def new_task_id() -> str:
     return f"{secrets.randbelow(10**20):020d}"
 
 
-def _seconds(duration: object) -> float:
-    return duration.seconds + duration.nanos / 1e9  # type: ignore[attr-defined]
+def _seconds(duration: Any) -> float:
+    return float(duration.seconds + duration.nanos / 1e9)
 
 
-def validate_queue_config(queue: object) -> None:
+def validate_queue_config(queue: Any) -> None:
     """Range checks on the values a client sent (§2, §3); `burst` is output only and ignored."""
-    rate_limits, retry = queue.rate_limits, queue.retry_config  # type: ignore[attr-defined]
+    rate_limits, retry = queue.rate_limits, queue.retry_config
     if rate_limits.max_dispatches_per_second < 0:
         raise errors.invalid("RateLimits.maxDispatchesPerSecond cannot be negative.")
     if rate_limits.max_dispatches_per_second > MAX_RATE:
@@ -127,9 +128,9 @@ def burst_size(rate: float) -> int:
     return max(1, round(rate / 5))
 
 
-def apply_queue_defaults(queue: object) -> None:
+def apply_queue_defaults(queue: Any) -> None:
     """Fill what the client left unset with the service's defaults, and derive the output-only fields."""
-    rate_limits, retry = queue.rate_limits, queue.retry_config  # type: ignore[attr-defined]
+    rate_limits, retry = queue.rate_limits, queue.retry_config
     if rate_limits.max_dispatches_per_second == 0:
         rate_limits.max_dispatches_per_second = DEFAULT_RATE
     if rate_limits.max_concurrent_dispatches == 0:
@@ -153,14 +154,14 @@ def _has_header(headers: dict[str, str], name: str) -> bool:
     return any(key.lower() == name.lower() for key in headers)
 
 
-def normalise_new_task(task: object, now: float) -> None:
+def normalise_new_task(task: Any, now: float) -> None:
     """Validate a CreateTask payload and give it the stored shape (§4, happypath.json). Raises ApiError."""
-    kind = task.WhichOneof("message_type")  # type: ignore[attr-defined]
+    kind = task.WhichOneof("message_type")
     if kind is None:
         raise errors.invalid("Task.httpRequest or Task.appEngineHttpRequest is required.")  # inferred
-    deadline = _seconds(task.dispatch_deadline) if task.HasField("dispatch_deadline") else None  # type: ignore
+    deadline = _seconds(task.dispatch_deadline) if task.HasField("dispatch_deadline") else None
     if kind == "http_request":
-        request = task.http_request  # type: ignore[attr-defined]
+        request = task.http_request
         if not request.url:
             raise errors.invalid("HttpRequest.url is required.")
         if not request.url.startswith(("http://", "https://")):
@@ -184,9 +185,9 @@ def normalise_new_task(task: object, now: float) -> None:
         request.headers.clear()
         request.headers.update(headers)
         if deadline is None:
-            task.dispatch_deadline.FromSeconds(int(DEFAULT_HTTP_DEADLINE))  # type: ignore[attr-defined]
+            task.dispatch_deadline.FromSeconds(int(DEFAULT_HTTP_DEADLINE))
     else:
-        request = task.app_engine_http_request  # type: ignore[attr-defined]
+        request = task.app_engine_http_request
         if deadline is not None and not MIN_DEADLINE <= deadline <= MAX_APP_ENGINE_DEADLINE:
             raise errors.invalid("Task.dispatchDeadline must be between [15s, 24h15s].")
         if request.http_method == HttpMethod.HTTP_METHOD_UNSPECIFIED:
@@ -200,23 +201,24 @@ def normalise_new_task(task: object, now: float) -> None:
         request.headers.clear()
         request.headers.update(headers)
 
-    scheduled = _seconds(task.schedule_time) if task.HasField("schedule_time") else 0.0  # type: ignore
+    scheduled = _seconds(task.schedule_time) if task.HasField("schedule_time") else 0.0
     if scheduled > now + MAX_SCHEDULE_AHEAD:
         raise errors.invalid(f"The Task.scheduleTime, {_pacific(scheduled)}, is too far in the future. Schedule "
                              "time must be no more than 720h in the future.")
     micros = int(max(scheduled, now) * 1_000_000)
-    task.schedule_time.FromMicroseconds(micros)  # type: ignore[attr-defined]
-    task.create_time.FromSeconds(int(now))  # type: ignore[attr-defined]
+    task.schedule_time.FromMicroseconds(micros)
+    task.create_time.FromSeconds(int(now))
     for output_only in ("dispatch_count", "response_count", "first_attempt", "last_attempt", "view"):
-        task.ClearField(output_only)  # type: ignore[attr-defined]
-    if task.ByteSize() > MAX_TASK_BYTES:  # type: ignore[attr-defined]
-        raise errors.invalid(f"Task size is {task.ByteSize()} bytes; the maximum is {MAX_TASK_BYTES} bytes.")  # inferred
+        task.ClearField(output_only)
+    if task.ByteSize() > MAX_TASK_BYTES:
+        size = task.ByteSize()
+        raise errors.invalid(f"Task size is {size} bytes; the maximum is {MAX_TASK_BYTES} bytes.")  # inferred
 
 
-def with_view(task: object, view: int) -> object:
+def with_view(task: Any, view: int) -> Any:
     """The task as a response in `view`: BASIC (the default) leaves out the body (§4.8)."""
     shown = Task()
-    shown.CopyFrom(task)  # type: ignore[arg-type]
+    shown.CopyFrom(task)
     full = view == task_types.Task.View.FULL
     shown.view = task_types.Task.View.FULL if full else task_types.Task.View.BASIC
     if not full:

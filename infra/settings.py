@@ -21,7 +21,7 @@ from handler.config import TokenCheck
 from infra import limits
 
 if TYPE_CHECKING:
-    import pulumi
+    pass
 
 PROJECT_NAMESPACE = "tasklane"
 
