@@ -28,7 +28,14 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
 
-unit: $(INSTALLED)
+# The emulator is checked with the official Node client too.
+NODE_CLIENT := tests/emulator/node_client
+
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.installed
 	$(BIN)/python -m pytest
 
 # Benchmarks compare with the peers their issues name; the handler runs from an environment holding
