@@ -31,11 +31,11 @@ typecheck: $(INSTALLED)
 # The emulator is checked with the official Node client too.
 NODE_CLIENT := tests/emulator/node_client
 
-$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package-lock.json
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --silent
 	@touch $@
 
-unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.installed
+unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest
 
 # Benchmarks compare with the peers their issues name; the handler runs from an environment holding
@@ -49,15 +49,27 @@ $(HANDLER_VENV)/.installed: handler/requirements.txt $(INSTALLED)
 	 || $(HANDLER_VENV)/bin/python -m pip install -q -r handler/requirements.txt
 	@touch $@
 
-$(EXPRESS_PEER)/node_modules/.installed: $(EXPRESS_PEER)/package-lock.json
+# npm writes node_modules/.package-lock.json at the end of a successful install.
+$(EXPRESS_PEER)/node_modules/.package-lock.json: $(EXPRESS_PEER)/package-lock.json
 	cd $(EXPRESS_PEER) && npm ci --no-audit --no-fund --silent
 	@touch $@
 
-bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.installed
+PEER_EMULATOR_VENV := .venv-peer-emulator
+
+$(PEER_EMULATOR_VENV)/.installed: bench/peer-emulator-requirements.txt $(INSTALLED)
+	@test -x $(PEER_EMULATOR_VENV)/bin/python || $(PYTHON) -m venv $(PEER_EMULATOR_VENV)
+	@$(BIN)/uv pip install -q --compile-bytecode --python $(PEER_EMULATOR_VENV)/bin/python \
+	 -r bench/peer-emulator-requirements.txt \
+	 || $(PEER_EMULATOR_VENV)/bin/python -m pip install -q -r bench/peer-emulator-requirements.txt
+	@touch $@
+
+bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.package-lock.json \
+       $(PEER_EMULATOR_VENV)/.installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
 	 || { echo "make bench needs wrk (Debian/Ubuntu: apt-get install wrk)"; exit 1; }
 	$(HANDLER_VENV)/bin/python -m compileall -q handler
 	$(BIN)/python bench/handler_bench.py --handler-python $(HANDLER_VENV)/bin/python
+	$(BIN)/python bench/emulator_bench.py --peer-python $(PEER_EMULATOR_VENV)/bin/python
 	$(BIN)/python bench/report.py
 
 local:
@@ -67,4 +79,4 @@ local:
 	@exit 1
 
 clean:
-	rm -rf $(VENV) $(HANDLER_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HANDLER_VENV) $(PEER_EMULATOR_VENV) .pytest_cache .mypy_cache .ruff_cache

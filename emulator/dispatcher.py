@@ -138,8 +138,9 @@ class Dispatcher:
         """Start every attempt that may start now; return when to look again (None: when woken)."""
         now = self.clock.now()
         wake_at: float | None = None
+        started: list[TaskState] = []
         for state in self.engine.run_requests():  # RunTask: no schedule, pause or rate limit applies
-            self._start(state, self._runtime(self.engine.queues[state.queue]))
+            started.append(self._start(state, self._runtime(self.engine.queues[state.queue]), persist=False))
         for queue in list(self.engine.running_queues()):
             runtime = self._runtime(queue)
             most = queue.queue.rate_limits.max_concurrent_dispatches
@@ -156,7 +157,9 @@ class Dispatcher:
                     wake_at = at if wake_at is None else min(wake_at, at)
                     break
                 self.engine.take_due(queue)
-                self._start(due[1], runtime)
+                started.append(self._start(due[1], runtime, persist=False))
+        # One commit for every attempt started here; their requests go out only after this returns.
+        self.engine.persist(started)
         return wake_at
 
     async def _sleep(self, until: float | None) -> None:
@@ -175,13 +178,14 @@ class Dispatcher:
         if not state.in_flight:
             self._start(state, self._runtime(self.engine.queues[state.queue]))
 
-    def _start(self, state: TaskState, runtime: QueueRuntime) -> None:
-        attempt = self.engine.begin_attempt(state)
+    def _start(self, state: TaskState, runtime: QueueRuntime, persist: bool = True) -> TaskState:
+        attempt = self.engine.begin_attempt(state, persist=persist)
         runtime.in_flight += 1
         runtime.peak_in_flight = max(runtime.peak_in_flight, runtime.in_flight)
         send = asyncio.create_task(self._send(attempt, runtime))
         self._sends.add(send)
         send.add_done_callback(self._sends.discard)
+        return state
 
     def headers_for(self, attempt: Attempt) -> CIMultiDict[str]:
         """The task's own headers (casing kept) and the X-CloudTasks-* headers (§7.1-7.7)."""
@@ -240,7 +244,9 @@ class Dispatcher:
 
     async def _within_deadline(self, request: Any, deadline_at: float) -> tuple[int, float | None]:
         if isinstance(self.clock, SystemClock):
-            return await asyncio.wait_for(request, timeout=max(0.0, deadline_at - self.clock.now()))
+            async with asyncio.timeout(max(0.0, deadline_at - self.clock.now())):  # no extra task, unlike wait_for
+                status, retry_after = await request
+                return int(status), retry_after
         sending = asyncio.ensure_future(request)
         deadline = asyncio.ensure_future(self.clock.sleep_until(deadline_at))
         done, _ = await asyncio.wait({sending, deadline}, return_when=asyncio.FIRST_COMPLETED)

@@ -150,6 +150,7 @@ class Engine:
         self._task_tombstones: dict[str, float] = {}
         self._queue_tombstones: dict[str, float] = {}
         self._sequence = itertools.count()
+        self._run_requested: set[str] = set()
         self.on_work: Callable[[], None] = lambda: None
         """Called when something may now be due: the dispatcher wakes up."""
         self._load()
@@ -361,6 +362,7 @@ class Engine:
         """Marks the task for immediate dispatch, ignoring schedule, pause and rate limits (§10.5)."""
         state = self._task(name)
         state.run_requested = True
+        self._run_requested.add(name)
         return with_view(state.task, view), state
 
     # -- Dispatch -----------------------------------------------------------------------------------
@@ -384,10 +386,19 @@ class Engine:
         heapq.heappop(queue.due)
 
     def run_requests(self) -> list[TaskState]:
-        return [state for state in self.tasks.values() if state.run_requested and not state.in_flight]
+        """Tasks RunTask asked for that can start now (not while an attempt is running)."""
+        ready = []
+        for name in list(self._run_requested):
+            state = self.tasks.get(name)
+            if state is None or not state.run_requested:
+                self._run_requested.discard(name)
+            elif not state.in_flight:
+                ready.append(state)
+        return ready
 
-    def begin_attempt(self, state: TaskState) -> Attempt:
-        """Record a dispatch (§4.6, §4.7) and return what to send."""
+    def begin_attempt(self, state: TaskState, persist: bool = True) -> Attempt:
+        """Record a dispatch (§4.6, §4.7) and return what to send. With `persist=False` the caller saves
+        the task (with `persist`) before the request goes out."""
         now = self.clock.now()
         task = state.task
         retry_count = task.dispatch_count
@@ -400,7 +411,8 @@ class Engine:
         forced = state.run_requested
         state.in_flight = True
         state.run_requested = False
-        self.store.put_task(state.stored())
+        if persist:
+            self.store.put_task(state.stored())
         kind = task.WhichOneof("message_type")
         request = getattr(task, kind)
         oidc = request.oidc_token if kind == "http_request" and request.HasField("oidc_token") else None
@@ -419,6 +431,10 @@ class Engine:
             retry_count=retry_count, execution_count=state.execution_count,
             eta=_micros(task.schedule_time) / 1_000_000,
             previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
+
+    def persist(self, states: list[TaskState]) -> None:
+        if states:
+            self.store.put_tasks([state.stored() for state in states])
 
     def finish_attempt(self, attempt: Attempt, status: int, retry_after: float | None, *, answered: bool = True,
                        ) -> str:

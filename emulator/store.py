@@ -73,6 +73,17 @@ class Store:
         self._db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)",
                          (task.name, task.queue, task.data, json.dumps(task.meta)))
 
+    def put_tasks(self, tasks: list[StoredTask]) -> None:
+        """Several tasks in one transaction."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)",
+                                 [(t.name, t.queue, t.data, json.dumps(t.meta)) for t in tasks])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def delete_task(self, name: str, tombstone_until: float) -> None:
         self._transaction([
             ("DELETE FROM tasks WHERE name = ?", (name,)),
