@@ -127,6 +127,28 @@ def test_task_names_are_deduplicated_while_their_tombstone_lasts(client: tasks_v
     assert client.create_task(parent=queue.name, task=task).name == task["name"]
 
 
+def test_the_task_tombstone_window_is_configurable(make_emulator: Any, clock: ManualClock) -> None:
+    from tests.emulator.conftest import client_for
+
+    client = client_for(make_emulator(task_tombstone_seconds=10))
+    queue = paused_queue(client)
+    task = {"name": f"{queue.name}/tasks/short-lived", "http_request": {"url": TARGET}}
+    client.create_task(parent=queue.name, task=task)
+    client.delete_task(name=task["name"])
+    clock.advance(9)
+    with pytest.raises(api_exceptions.AlreadyExists):
+        client.create_task(parent=queue.name, task=task)
+    clock.advance(2)
+    assert client.create_task(parent=queue.name, task=task).name == task["name"]
+
+
+def test_the_pytest_fixture_gives_a_running_emulator(cloud_tasks_emulator: Any) -> None:
+    client = cloud_tasks_emulator.client()
+    queue = client.create_queue(parent=PARENT, queue={"name": f"{PARENT}/queues/from-fixture"})
+    assert client.get_queue(name=queue.name).name == queue.name
+    assert cloud_tasks_emulator.host.startswith("127.0.0.1:")
+
+
 def test_purge_deletes_the_queues_tasks_and_keeps_their_names_reserved(client: tasks_v2.CloudTasksClient) -> None:
     queue = paused_queue(client)
     for n in range(3):
@@ -191,6 +213,8 @@ def test_the_async_client_drives_every_rpc(emulator: EmulatorServer) -> None:
             "url": TARGET}})
         seen.append((await client.get_task(name=task.name)).name.rsplit("/", 1)[1])
         seen.append(str(len([t async for t in await client.list_tasks(parent=name)])))
+        ran = await client.run_task(name=task.name)
+        seen.append(str(ran.dispatch_count))
         await client.delete_task(name=task.name)
         await client.create_task(parent=name, task={"http_request": {"url": TARGET}})
         await client.purge_queue(name=name)
@@ -198,4 +222,4 @@ def test_the_async_client_drives_every_rpc(emulator: EmulatorServer) -> None:
         await client.delete_queue(name=name)
         return seen
 
-    assert asyncio.run(scenario()) == ["4", "1", "a", "1"]
+    assert asyncio.run(scenario()) == ["4", "1", "a", "1", "1"]

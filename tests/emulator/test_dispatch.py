@@ -251,6 +251,21 @@ def test_the_rate_limit_is_a_token_bucket(client: tasks_v2.CloudTasksClient, tar
     assert counts == [1, 2, 3, 4, 5]
 
 
+def test_retries_take_tokens_from_the_same_bucket(client: tasks_v2.CloudTasksClient, target: Target,
+                                                  clock: ManualClock) -> None:
+    """A failing task retried every 0.1 s on a 2/s queue is still tried only twice a second (§3.5)."""
+    url = target.answer("/flaky", 500)
+    queue = make_queue(client, "retrying", rate_limits={"max_dispatches_per_second": 2},
+                       retry_config={"min_backoff": "0.1s", "max_backoff": "0.1s", "max_attempts": 100})
+    client.create_task(parent=queue.name, task={"http_request": {"url": url}})
+    counts = []
+    for _ in range(8):
+        time.sleep(0.1)
+        counts.append(len(target.on("/flaky")))
+        clock.advance(0.25)
+    assert counts == [1, 1, 2, 2, 3, 3, 4, 4]
+
+
 def test_never_more_than_max_concurrent_dispatches_in_flight(emulator: EmulatorServer,
                                                              client: tasks_v2.CloudTasksClient,
                                                              target: Target) -> None:
