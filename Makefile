@@ -13,7 +13,8 @@ test: lint typecheck unit
 
 # uv installs the stack in seconds; plain pip is the fallback when uv cannot be had. Bytecode is
 # compiled at install, as the container does at build, so local starts are as fast as deployed ones.
-$(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt emulator/requirements.txt
+$(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt emulator/requirements.txt \
+              producer/requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@{ $(BIN)/python -m pip install -q uv==$(UV_VERSION) && \
 	   $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements-dev.txt; } || \
@@ -23,7 +24,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt emu
 venv: $(INSTALLED)
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check infra handler emulator tests bench
+	$(BIN)/ruff check infra handler emulator producer tests bench
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

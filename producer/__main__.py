@@ -1,0 +1,128 @@
+"""`python -m producer`: create and inspect Tasklane tasks from the command line.
+
+    python -m producer enqueue update_inventory --payload '{"orderId": "o-1"}'
+    python -m producer enqueue-file orders.jsonl        # one {"action", "payload", ...} per line
+    python -m producer list
+    python -m producer show TASK_ID
+
+Where tasks go comes from --stack (runs `pulumi stack output`), --outputs (that JSON saved to a file),
+or the TASKLANE_* environment variables; CLOUD_TASKS_EMULATOR_HOST points it at the local emulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from google.api_core import exceptions as api_exceptions
+from google.cloud import tasks_v2
+
+from producer.config import ConfigError, ProducerConfig
+from producer.producer import InvalidTask, ProducerError, TaskProducer, TaskSpec
+
+
+def _config(args: argparse.Namespace) -> ProducerConfig:
+    if args.stack:
+        return ProducerConfig.from_pulumi_stack(args.stack)
+    if args.outputs:
+        return ProducerConfig.from_outputs_file(Path(args.outputs))
+    return ProducerConfig.from_environment()
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"orderId\": \"o-1\"}'")
+    return value
+
+
+def spec_from_line(line: str, number: int) -> TaskSpec:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InvalidTask(f"line {number}: not JSON: {error}") from None
+    if not isinstance(item, dict) or not isinstance(item.get("action"), str):
+        raise InvalidTask(f"line {number}: expected {{\"action\": str, \"payload\": {{...}}, \"dedupKey\"?, "
+                          "\"taskId\"?, \"delay\"?}")
+    return TaskSpec(action=item["action"], payload=item.get("payload") or {}, task_id=item.get("taskId"),
+                    dedup_key=item.get("dedupKey"), delay=item.get("delay"))
+
+
+def describe(task: Any) -> dict[str, Any]:
+    return json.loads(tasks_v2.Task.to_json(task))  # type: ignore[no-any-return]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m producer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--stack", help="read the stack's outputs with `pulumi stack output --json --stack STACK`")
+    source.add_argument("--outputs", help="a file holding `pulumi stack output --json`")
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("enqueue", help="create one task")
+    one.add_argument("action")
+    one.add_argument("--payload", type=_json_object, default={}, help="the task's JSON payload")
+    one.add_argument("--dedup-key", help="the same key never creates a second task (while its name is reserved)")
+    one.add_argument("--task-id")
+    one.add_argument("--delay", type=float, help="seconds from now")
+    many = commands.add_parser("enqueue-file", help="create a task per line of a JSONL file, with progress")
+    many.add_argument("file", type=Path)
+    many.add_argument("--concurrency", type=int, default=64)
+    listing = commands.add_parser("list", help="the queue's tasks")
+    listing.add_argument("--limit", type=int, default=100)
+    show = commands.add_parser("show", help="one task, in full")
+    show.add_argument("task", help="task ID or full name")
+    args = parser.parse_args(argv)
+
+    try:
+        producer = TaskProducer(_config(args))
+        if args.command == "enqueue":
+            result = producer.enqueue(args.action, args.payload, task_id=args.task_id, dedup_key=args.dedup_key,
+                                      delay=args.delay)
+            print(f"{'already enqueued' if result.already_enqueued else 'enqueued'}: {result.task_name}")
+        elif args.command == "enqueue-file":
+            return _enqueue_file(producer, args.file, args.concurrency)
+        elif args.command == "list":
+            for task in producer.list_tasks(args.limit):
+                print(f"{task.name.rsplit('/', 1)[1]}  scheduled {task.schedule_time.isoformat()}  "
+                      f"attempts {task.dispatch_count}")
+        else:
+            print(json.dumps(describe(producer.get_task(args.task)), indent=2))
+    except (ConfigError, InvalidTask, ProducerError) as error:
+        print(f"producer: {error}", file=sys.stderr)
+        return 2
+    except api_exceptions.NotFound as error:
+        print(f"producer: not found: {error.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _enqueue_file(producer: TaskProducer, path: Path, concurrency: int) -> int:
+    from tqdm import tqdm
+
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        raise InvalidTask(f"cannot read {path}: {error}") from None
+    specs = [spec_from_line(line, number) for number, line in enumerate(lines, start=1)]
+    with tqdm(total=len(specs), unit="task", file=sys.stderr) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        results = producer.enqueue_many(specs, concurrency=concurrency, progress=advance)
+    counts = {status: sum(1 for r in results if r.status == status) for status in ("created", "duplicate", "failed")}
+    for result in results:
+        if result.status == "failed":
+            print(f"line {result.index + 1}: failed: {result.reason}", file=sys.stderr)
+    print(f"created {counts['created']}, already enqueued {counts['duplicate']}, failed {counts['failed']}")
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Where tasks go and how they are signed, from the deployed stack's outputs or the environment.
+
+Sources, all giving the same `ProducerConfig`:
+- `from_stack_outputs(dict)`: the JSON of `pulumi stack output --json`;
+- `from_outputs_file(path)`: that JSON saved to a file (what CI hands a deploy job);
+- `from_pulumi_stack(name)`: runs `pulumi stack output --json --stack NAME`;
+- `from_environment()`: TASKLANE_QUEUE_PATH, TASKLANE_SERVICE_URL, TASKLANE_INVOKER_SERVICE_ACCOUNT,
+  TASKLANE_TASK_AUDIENCE and optionally TASKLANE_TASK_DISPATCH_DEADLINE.
+With CLOUD_TASKS_EMULATOR_HOST set, the producer talks to that local emulator instead of Google.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EMULATOR_HOST = "CLOUD_TASKS_EMULATOR_HOST"
+QUEUE_PATH = re.compile(r"^projects/[A-Za-z0-9\-:.]+/locations/[A-Za-z0-9-]+/queues/[A-Za-z0-9-]{1,100}$")
+ENVIRONMENT_KEYS = {
+    "queue_path": "TASKLANE_QUEUE_PATH",
+    "service_url": "TASKLANE_SERVICE_URL",
+    "invoker_service_account": "TASKLANE_INVOKER_SERVICE_ACCOUNT",
+    "task_audience": "TASKLANE_TASK_AUDIENCE",
+    "task_dispatch_deadline": "TASKLANE_TASK_DISPATCH_DEADLINE",
+}
+DEFAULT_ROUTE = "/process-order"
+DEFAULT_DEADLINE_SECONDS = 600.0
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)s?", text.strip())
+    if not match:
+        raise ConfigError(f"task_dispatch_deadline {text!r} is not a duration in seconds, e.g. '600s'")
+    return float(match.group(1))
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    queue_path: str
+    service_url: str
+    invoker_service_account: str
+    task_audience: str
+    dispatch_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
+    route: str = DEFAULT_ROUTE
+    emulator_host: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not QUEUE_PATH.match(self.queue_path):
+            problems.append(f"queue_path {self.queue_path!r} must be projects/P/locations/L/queues/Q")
+        if not self.service_url.startswith(("https://", "http://")):
+            problems.append(f"service_url {self.service_url!r} must be an http(s) URL")
+        if "@" not in self.invoker_service_account:
+            problems.append(f"invoker_service_account {self.invoker_service_account!r} must be an email")
+        if not self.task_audience:
+            problems.append("task_audience is required")
+        if problems:
+            raise ConfigError("invalid producer configuration: " + "; ".join(problems))
+
+    @property
+    def task_url(self) -> str:
+        return self.service_url.rstrip("/") + self.route
+
+    @classmethod
+    def from_stack_outputs(cls, outputs: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ProducerConfig:
+        missing = [key for key in ("queue_path", "service_url", "invoker_service_account", "task_audience")
+                   if not outputs.get(key)]
+        if missing:
+            raise ConfigError(f"stack outputs lack {', '.join(missing)}; is this a Tasklane stack?")
+        env = os.environ if env is None else env
+        deadline = outputs.get("task_dispatch_deadline")
+        return cls(queue_path=outputs["queue_path"], service_url=outputs["service_url"],
+                   invoker_service_account=outputs["invoker_service_account"], task_audience=outputs["task_audience"],
+                   dispatch_deadline_seconds=_seconds(str(deadline)) if deadline else DEFAULT_DEADLINE_SECONDS,
+                   emulator_host=env.get(EMULATOR_HOST) or None)
+
+    @classmethod
+    def from_outputs_file(cls, path: Path) -> ProducerConfig:
+        try:
+            outputs = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"cannot read stack outputs from {path}: {error}") from None
+        return cls.from_stack_outputs(outputs)
+
+    @classmethod
+    def from_pulumi_stack(cls, stack: str, cwd: Path | None = None) -> ProducerConfig:
+        try:
+            result = subprocess.run(["pulumi", "stack", "output", "--json", "--stack", stack], cwd=cwd,
+                                    capture_output=True, text=True, check=True, timeout=120)
+        except FileNotFoundError:
+            raise ConfigError("the pulumi CLI is not installed; save `pulumi stack output --json` to a file "
+                              "and use from_outputs_file") from None
+        except subprocess.CalledProcessError as error:
+            raise ConfigError(f"pulumi stack output failed: {error.stderr.strip()}") from None
+        return cls.from_stack_outputs(json.loads(result.stdout))
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
+        env = os.environ if env is None else env
+        missing = [name for key, name in ENVIRONMENT_KEYS.items() if key != "task_dispatch_deadline"
+                   and not env.get(name)]
+        if missing:
+            raise ConfigError(f"set {', '.join(missing)} (the stack's outputs), or build the producer from "
+                              "`pulumi stack output --json`")
+        outputs = {key: env.get(name) for key, name in ENVIRONMENT_KEYS.items()}
+        return cls.from_stack_outputs(outputs, env)
