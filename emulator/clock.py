@@ -55,7 +55,12 @@ class ManualClock:
             while self._sleepers and self._sleepers[0][0] <= self._now:
                 due.append(heapq.heappop(self._sleepers))
         for _, _, loop, future in due:
-            loop.call_soon_threadsafe(_resolve, future)
+            if future.done() or loop.is_closed():
+                continue  # cancelled, or left behind by an emulator that has stopped
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:
+                pass  # the loop closed in between
 
     async def sleep_until(self, when: float) -> None:
         loop = asyncio.get_running_loop()
