@@ -7,6 +7,7 @@ reads and waits on a `Clock`, so tests jump over hours without sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
@@ -57,10 +58,8 @@ class ManualClock:
         for _, _, loop, future in due:
             if future.done() or loop.is_closed():
                 continue  # cancelled, or left behind by an emulator that has stopped
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
                 loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:
-                pass  # the loop closed in between
 
     async def sleep_until(self, when: float) -> None:
         loop = asyncio.get_running_loop()
