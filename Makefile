@@ -24,7 +24,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt emu
 venv: $(INSTALLED)
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check infra handler emulator producer tests bench
+	$(BIN)/ruff check infra handler emulator producer local tests bench
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
@@ -73,11 +73,9 @@ bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.pac
 	$(BIN)/python bench/emulator_bench.py --peer-python $(PEER_EMULATOR_VENV)/bin/python
 	$(BIN)/python bench/report.py
 
-local:
-	@echo "make local runs the whole pipeline on the local Cloud Tasks emulator."
-	@echo "It is not available yet: it arrives with the emulator and producer (issues 5 and 6)."
-	@echo "Until then: 'make test' runs the tests, and the README explains how to deploy with Pulumi."
-	@exit 1
+# The README's main command: emulator, handler and sample orders on this machine, until Ctrl-C.
+local: $(INSTALLED)
+	$(BIN)/python -m local
 
 clean:
 	rm -rf $(VENV) $(HANDLER_VENV) $(PEER_EMULATOR_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -68,3 +68,12 @@ class ActionRegistry:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._actions))
+
+    @classmethod
+    def combined(cls, *registries: ActionRegistry) -> ActionRegistry:
+        """One registry holding every action of `registries` (a name registered twice is an error)."""
+        merged = cls()
+        for registry in registries:
+            for name, action in registry._actions.items():
+                merged.register(name)(action)
+        return merged

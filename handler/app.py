@@ -174,11 +174,17 @@ class TaskHandler:
             await self.idempotency.abandoned(key)
 
 
-def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry = order_actions,
+def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry | None = None,
                log: StructuredLog | None = None, dead_letters: DeadLetterSink | None = None,
                idempotency: IdempotencyStore | None = None, verifier: TokenVerifier | None = None) -> Starlette:
     """The application, with every collaborator replaceable (tests, other stores and sinks)."""
     config = config or HandlerConfig.from_environment()
+    if actions is None:
+        actions = order_actions
+        if config.demo_actions:
+            from handler.demo_actions import demo_actions
+
+            actions = ActionRegistry.combined(order_actions, demo_actions)
     log = log or StructuredLog(project_id=config.project_id)
     if verifier is None and config.token_check is not TokenCheck.OFF:
         verifier = TokenVerifier(config)

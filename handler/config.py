@@ -40,6 +40,7 @@ class HandlerConfig:
     token_check: TokenCheck
     token_issuers: tuple[str, ...]
     token_certs_url: str
+    demo_actions: bool = False
     max_body_bytes: int = MAX_BODY_BYTES
 
     @property
@@ -78,6 +79,9 @@ class HandlerConfig:
                                 (environment.INVOKER_SERVICE_ACCOUNT, invoker)):
                 if not value:
                     problems.append(f"{name} is required when {environment.TOKEN_CHECK}={token_check.value}")
+        raw_demo = env.get(environment.DEMO_ACTIONS, "false").lower()
+        if raw_demo not in ("true", "false"):
+            problems.append(f"{environment.DEMO_ACTIONS}={raw_demo!r}: must be true or false")
         issuers = tuple(issuer.strip() for issuer in env.get(environment.TOKEN_ISSUERS, "").split(",")
                         if issuer.strip()) or GOOGLE_ISSUERS
         if problems:
@@ -90,4 +94,5 @@ class HandlerConfig:
             token_check=token_check,
             token_issuers=issuers,
             token_certs_url=env.get(environment.TOKEN_CERTS_URL) or GOOGLE_CERTS_URL,
+            demo_actions=raw_demo == "true",
         )

@@ -27,5 +27,8 @@ TOKEN_CHECK = "TASKLANE_TOKEN_CHECK"
 TOKEN_ISSUERS = "TASKLANE_TOKEN_ISSUERS"
 """Comma-separated accepted `iss` values; Google's by default, the emulator's in local runs."""
 
+DEMO_ACTIONS = "TASKLANE_DEMO_ACTIONS"
+"""true adds the demo actions of handler/demo_actions.py (make local); never set in the deployed service."""
+
 TOKEN_CERTS_URL = "TASKLANE_TOKEN_CERTS_URL"
 """Where the token signing keys are published as {kid: PEM}; Google's by default, the emulator's locally."""

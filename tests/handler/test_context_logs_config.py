@@ -109,3 +109,10 @@ def test_bad_settings_are_refused_at_start_naming_each_variable() -> None:
     with pytest.raises(ConfigError, match="TASKLANE_TASK_AUDIENCE is required when TASKLANE_TOKEN_CHECK=full"):
         HandlerConfig.from_environment({environment.TOKEN_CHECK: "full",
                                         environment.INVOKER_SERVICE_ACCOUNT: "inv@p"})
+
+
+def test_demo_actions_are_off_unless_asked_for() -> None:
+    assert HandlerConfig.from_environment({}).demo_actions is False
+    assert HandlerConfig.from_environment({environment.DEMO_ACTIONS: "true"}).demo_actions is True
+    with pytest.raises(ConfigError, match="TASKLANE_DEMO_ACTIONS='maybe': must be true or false"):
+        HandlerConfig.from_environment({environment.DEMO_ACTIONS: "maybe"})

@@ -1,0 +1,1 @@
+"""`make local`: the pipeline running on this machine (see __main__.py)."""

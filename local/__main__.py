@@ -1,0 +1,234 @@
+"""`make local`: the whole pipeline on this machine, no cloud account needed.
+
+Starts the local Cloud Tasks emulator with the dev stack's queue (same rate and retry settings as
+Pulumi.dev.yaml) and the handler checking the emulator's tokens in full, enqueues sample orders through
+the producer (including one that fails transiently and then succeeds, and one that can never succeed),
+shows each one's attempts and final state, then keeps running for your own producers until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+STATE_DIR = REPO / ".tasklane"
+
+SAMPLES = [  # (label, action, payload): what each shows
+    ("confirmation e-mail", "send_confirmation", {"orderId": "demo-1001", "customerEmail": "ada@example.com"}),
+    ("inventory update", "update_inventory", {"orderId": "demo-1002"}),
+    ("warehouse notice", "notify_warehouse", {"orderId": "demo-1003"}),
+    ("transient failure, then success", "reserve_stock", {"orderId": "demo-1004"}),
+    ("poison: no orderId, never retried", "update_inventory", {"sku": "SKU-1"}),
+]
+
+
+class LocalError(RuntimeError):
+    pass
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def http_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[str]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_emulator(args: argparse.Namespace, state_dir: Path) -> tuple[Child, str]:
+    command = [sys.executable, "-m", "emulator", "--host", args.host, "--grpc-port", str(args.grpc_port),
+               "--http-port", str(args.emulator_http_port), "--pulumi-stack", args.stack,
+               "--state-file", str(state_dir / "emulator.sqlite"), "--log-level", "WARNING"]
+    # Own session: a terminal Ctrl-C reaches only this runner, which then stops the children in order.
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if "emulator ready" in line:
+            return Child("emulator", process), line.strip()
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise LocalError("the emulator did not start; run `python -m emulator --pulumi-stack dev` to see why")
+
+
+def start_handler(args: argparse.Namespace, environment: dict[str, str], state_dir: Path) -> Child:
+    log = open(state_dir / "handler.log", "w")  # noqa: SIM115 - the child holds it until it exits
+    process = subprocess.Popen([sys.executable, "-m", "handler"], cwd=REPO, env={**os.environ, **environment},
+                               stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://{args.host}:{args.handler_port}/", timeout=1).close()  # noqa: S310
+            return Child("handler", process)
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+    process.kill()
+    raise LocalError(f"the handler did not start; see {state_dir / 'handler.log'}")
+
+
+def handler_log(state_dir: Path) -> list[dict[str, Any]]:
+    entries = []
+    for line in (state_dir / "handler.log").read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def show_flow(emulator_url: str, names: dict[str, str], state_dir: Path, timeout: float) -> dict[str, str]:
+    """Print each sample's attempts as they happen; return its final state."""
+    finals: dict[str, str] = {}
+    printed: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + timeout
+    while len(finals) < len(names) and time.monotonic() < deadline:
+        attempts = http_json(f"{emulator_url}/v1/attempts")["attempts"]
+        pending = {task["name"] for task in http_json(f"{emulator_url}/v1/tasks")["tasks"]}
+        dead = {entry["tasklane_dead_letter"].get("task_name") for entry in handler_log(state_dir)
+                if "tasklane_dead_letter" in entry}
+        for label, name in names.items():
+            for attempt in (a for a in attempts if a["task"] == name and a["finished"] is not None):
+                if (name, attempt["attempt"]) not in printed:
+                    printed.add((name, attempt["attempt"]))
+                    print(f"  {label:<36} attempt {attempt['attempt']}: HTTP {attempt['status']}"
+                          f"{' → will retry' if attempt['outcome'] == 'retrying' else ''}", flush=True)
+            if label not in finals and name not in pending and any(a["task"] == name for a in attempts):
+                finals[label] = ("rejected and dead-lettered" if name.rsplit("/", 1)[1] in dead
+                                 else "done")
+        time.sleep(0.2)
+    return {label: finals.get(label, "still pending") for label in names}
+
+
+def run(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(REPO))
+    from infra.settings import settings_from_stack_files
+    from producer import ProducerConfig, TaskProducer
+
+    settings = settings_from_stack_files(args.stack, REPO)
+    for port in (args.grpc_port, args.emulator_http_port, args.handler_port):
+        if not port_free(args.host, port):
+            raise LocalError(f"port {port} on {args.host} is in use; stop what uses it or pass another port "
+                             "(see `python -m local --help`)")
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    queue_path = f"projects/{settings.project}/locations/{settings.region}/queues/{settings.name}-queue"
+    invoker = f"{settings.invoker_account_id}@{settings.project}.iam.gserviceaccount.com"
+    service_url = f"http://{args.host}:{args.handler_port}"
+    children: list[Child] = []
+    try:
+        emulator, ready = start_emulator(args, state_dir)
+        children.append(emulator)
+        emulator_url = f"http://{args.host}:{args.emulator_http_port}"
+        print(f"▶ {ready}", flush=True)
+        children.append(start_handler(args, {
+            "PORT": str(args.handler_port), "HOST": args.host, "TASKLANE_QUEUE_PATH": queue_path,
+            "TASKLANE_INVOKER_SERVICE_ACCOUNT": invoker, "TASKLANE_TASK_AUDIENCE": service_url,
+            "TASKLANE_MAX_ATTEMPTS": str(settings.max_attempts), "TASKLANE_TOKEN_CHECK": "full",
+            "TASKLANE_TOKEN_ISSUERS": emulator_url, "TASKLANE_TOKEN_CERTS_URL": f"{emulator_url}/oauth2/v1/certs",
+            "TASKLANE_DEMO_ACTIONS": "true"}, state_dir))
+        print(f"▶ handler on {service_url} (checks the emulator's tokens in full; log: {state_dir / 'handler.log'})",
+              flush=True)
+
+        emulator_host = f"{args.host}:{args.grpc_port}"
+        producer = TaskProducer(ProducerConfig(queue_path=queue_path, service_url=service_url,
+                                               invoker_service_account=invoker, task_audience=service_url,
+                                               emulator_host=emulator_host),
+                                actions=["send_confirmation", "update_inventory", "notify_warehouse",
+                                         "reserve_stock"])
+        print(f"▶ enqueueing {len(SAMPLES)} sample orders into {queue_path}", flush=True)
+        names = {label: producer.enqueue(action, payload).task_name for label, action, payload in SAMPLES}
+        finals = show_flow(emulator_url, names, state_dir, timeout=args.sample_timeout)
+        print("▶ final state of each sample:")
+        for label, state in finals.items():
+            print(f"  {label:<36} {state}")
+        expected = {"poison: no orderId, never retried": "rejected and dead-lettered"}
+        ok = all(state == expected.get(label, "done") for label, state in finals.items())
+        print(f"""
+Ready for your own producers. In another shell:
+  export CLOUD_TASKS_EMULATOR_HOST={emulator_host}
+  export TASKLANE_QUEUE_PATH={queue_path}
+  export TASKLANE_SERVICE_URL={service_url}
+  export TASKLANE_INVOKER_SERVICE_ACCOUNT={invoker}
+  export TASKLANE_TASK_AUDIENCE={service_url}
+  .venv/bin/python -m producer enqueue update_inventory --payload '{{"orderId": "my-1"}}'
+Inspect: {emulator_url}/v1/attempts   Handler log: {state_dir / 'handler.log'}
+Press Ctrl-C to stop everything.""", flush=True)
+        if args.once:
+            return 0 if ok else 1
+        stop = False
+
+        def request_stop(signum: int, frame: Any) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        while not stop:
+            for child in children:
+                if child.process.poll() is not None:
+                    raise LocalError(f"the {child.name} stopped unexpectedly (exit {child.process.returncode})")
+            time.sleep(0.2)
+        print("\nStopping…", flush=True)
+        return 0
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stack", default="dev", help="whose queue settings to use (default dev)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--grpc-port", type=int, default=8123, help="emulator gRPC port (default 8123)")
+    parser.add_argument("--emulator-http-port", type=int, default=8124, help="emulator HTTP port (default 8124)")
+    parser.add_argument("--handler-port", type=int, default=8080, help="handler port (default 8080)")
+    parser.add_argument("--state-dir", default=str(STATE_DIR), help="emulator state and handler log (.tasklane)")
+    parser.add_argument("--sample-timeout", type=float, default=30.0, help="seconds to wait for the samples")
+    parser.add_argument("--once", action="store_true", help="stop after the samples instead of staying up")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except LocalError as error:
+        print(f"make local: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

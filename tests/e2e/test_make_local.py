@@ -1,0 +1,67 @@
+"""`make local` (python -m local): the samples reach their final states and nothing is left running."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.e2e.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def local_command(tmp_path: Path, *extra: str) -> tuple[list[str], list[int]]:
+    ports = [free_port(), free_port(), free_port()]
+    return ([sys.executable, "-m", "local", "--grpc-port", str(ports[0]), "--emulator-http-port", str(ports[1]),
+             "--handler-port", str(ports[2]), "--state-dir", str(tmp_path / "state"), *extra], ports)
+
+
+def all_free(ports: list[int]) -> bool:
+    for port in ports:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return False
+    return True
+
+
+def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
+    command, ports = local_command(tmp_path, "--once")
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "transient failure, then success      attempt 1: HTTP 503 → will retry" in out
+    assert "transient failure, then success      attempt 2: HTTP 200" in out
+    final = out[out.index("final state of each sample"):]
+    for label in ("confirmation e-mail", "inventory update", "warehouse notice", "transient failure, then success"):
+        assert f"{label:<36} done" in final
+    assert "poison: no orderId, never retried    rejected and dead-lettered" in final
+    assert "export CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:" in out
+    assert all_free(ports), "the emulator and handler are stopped"
+
+
+def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
+    command, ports = local_command(tmp_path)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if "Press Ctrl-C" in line or not line:
+            break
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    assert all_free(ports), "nothing is left running"
+
+
+def test_a_busy_port_is_named(tmp_path: Path) -> None:
+    command, ports = local_command(tmp_path, "--once")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports[2]))
+        squatter.listen()
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"port {ports[2]} on 127.0.0.1 is in use" in result.stderr
