@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,17 +34,14 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "emulator.json"
+sys.path.insert(0, str(REPO))
+
+from bench.common import free_port, wait_for_port, write_results  # noqa: E402
+
 PARENT = "projects/bench/locations/us-central1"
 # Our queues allow 100 dispatches in flight (Cloud Tasks' default is 1,000): each needs its own
 # connection, and opening 1,000 at once costs more than it gains on two cores. The peer has no limit.
 CONCURRENCY = 100
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def http(url: str, method: str = "GET") -> Any:
@@ -57,13 +53,7 @@ def http(url: str, method: str = "GET") -> Any:
 class Process:
     def __init__(self, argv: list[str], ready_port: int) -> None:
         self.process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", ready_port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"{argv[:3]} did not start listening on {ready_port}")
+        wait_for_port(ready_port)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -229,9 +219,7 @@ def main() -> None:
         "targets": {"drain": "tasklane >= 3x peer", "rate": "50/s within 5%", "concurrency": "never above 5",
                     "create_task_p50_ms": "< 2"},
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results("emulator", results)
 
 
 if __name__ == "__main__":

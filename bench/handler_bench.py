@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results" / "handler.json"
+sys.path.insert(0, str(REPO))
+
+from bench.common import free_port, write_results  # noqa: E402
+
 EXPRESS = REPO / "bench" / "express-handler" / "server.js"
 
 WRK_SCRIPT = """
@@ -53,12 +55,6 @@ class Server:
     argv: list[str]
     env: dict[str, str]
     authorization: str | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start(server: Server, port: int, log_file: Path | None = None) -> subprocess.Popen[bytes]:
@@ -204,9 +200,7 @@ def main() -> None:
         "targets": {"cold_start": "python <= express", "throughput": "python >= express",
                     "peak_rss_mb": "python <= 100"},
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results("handler", results)
 
 
 if __name__ == "__main__":

@@ -191,21 +191,11 @@ Inspect: {emulator_url}/v1/attempts   Handler log: {state_dir / 'handler.log'}
 Press Ctrl-C to stop everything.""", flush=True)
         if args.once:
             return 0 if ok else 1
-        stop = False
-
-        def request_stop(signum: int, frame: Any) -> None:
-            nonlocal stop
-            stop = True
-
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-        while not stop:
+        while True:  # until Ctrl-C (KeyboardInterrupt) or SIGTERM
             for child in children:
                 if child.process.poll() is not None:
                     raise LocalError(f"the {child.name} stopped unexpectedly (exit {child.process.returncode})")
             time.sleep(0.2)
-        print("\nStopping…", flush=True)
-        return 0
     finally:
         for child in reversed(children):
             child.stop()
@@ -223,11 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-timeout", type=float, default=30.0, help="seconds to wait for the samples")
     parser.add_argument("--once", action="store_true", help="stop after the samples instead of staying up")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops cleanly, like Ctrl-C
     try:
         return run(args)
+    except KeyboardInterrupt:
+        print("\nStopped: the emulator and handler are shut down.", flush=True)
+        return 0
     except LocalError as error:
         print(f"make local: {error}", file=sys.stderr)
         return 2
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

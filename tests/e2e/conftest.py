@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,17 +32,14 @@ from handler.order_actions import actions as order_actions
 from handler.orders import OrderRequest
 from handler.task_context import TaskContext
 from producer import ProducerConfig, TaskProducer
+from tests.helpers import free_port, wait_for
+
+__all__ = ["free_port", "wait_for"]
 
 PARENT = "projects/tasklane-e2e/locations/us-central1"
 QUEUE = f"{PARENT}/queues/orders"
 INVOKER = "tasklane-e2e-invoker@tasklane-e2e.iam.gserviceaccount.com"
 MAX_ATTEMPTS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class LogLines:
@@ -99,16 +95,6 @@ class Pipeline:
     def queue_empty(self) -> bool:
         assert self.emulator.engine is not None
         return not self.emulator.call(lambda: bool(self.emulator.engine.queues[QUEUE].tasks))  # type: ignore
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {message}")
 
 
 class HandlerThread:

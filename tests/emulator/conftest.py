@@ -12,12 +12,16 @@ from typing import Any
 
 import grpc
 import pytest
+from google.api_core import exceptions as api_exceptions
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from emulator.clock import ManualClock
 from emulator.server import EmulatorConfig, EmulatorServer
 from emulator.testing import start_emulator
+from tests.helpers import wait_for
+
+__all__ = ["wait_for"]
 
 PARENT = "projects/tasklane-test/locations/us-central1"
 
@@ -52,16 +56,6 @@ class Target:
 
     def on(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {message}")
 
 
 @pytest.fixture
@@ -155,6 +149,15 @@ def client_for(server: EmulatorServer) -> tasks_v2.CloudTasksClient:
 @pytest.fixture
 def client(emulator: EmulatorServer) -> tasks_v2.CloudTasksClient:
     return client_for(emulator)
+
+
+def task_gone(client: tasks_v2.CloudTasksClient, name: str) -> bool:
+    """Whether the task no longer exists (done, dropped or deleted)."""
+    try:
+        client.get_task(name=name)
+    except api_exceptions.NotFound:
+        return True
+    return False
 
 
 def make_queue(client: tasks_v2.CloudTasksClient, queue_id: str = "q", **fields: Any) -> Any:

@@ -12,25 +12,16 @@ import time
 from typing import Any
 
 import pytest
-from google.api_core import exceptions as api_exceptions
 from google.cloud import tasks_v2
 from google.protobuf import timestamp_pb2
 
 from emulator.clock import ManualClock
 from emulator.server import EmulatorServer
-from tests.emulator.conftest import Target, make_queue, wait_for
+from tests.emulator.conftest import Target, make_queue, task_gone, wait_for
 
 
 def task_at(client: tasks_v2.CloudTasksClient, name: str) -> Any:
     return client.get_task(request={"name": name, "response_view": "FULL"})
-
-
-def gone(client: tasks_v2.CloudTasksClient, name: str) -> bool:
-    try:
-        client.get_task(name=name)
-    except api_exceptions.NotFound:
-        return True
-    return False
 
 
 def fast_queue(client: tasks_v2.CloudTasksClient, queue_id: str = "q", **retry: Any) -> Any:
@@ -66,7 +57,7 @@ def test_the_task_is_delivered_as_created_with_the_cloud_tasks_headers(
     assert received.header("X-CloudTasks-TaskPreviousResponse") is None
     assert received.header("X-CloudTasks-TaskRetryReason") is None
     assert received.header("Authorization") is None
-    wait_for(lambda: gone(client, task.name), message="the delivered task to be removed")
+    wait_for(lambda: task_gone(client, task.name), message="the delivered task to be removed")
 
 
 def test_retry_headers_count_attempts_and_answered_attempts(client: tasks_v2.CloudTasksClient, target: Target,
@@ -78,7 +69,7 @@ def test_retry_headers_count_attempts_and_answered_attempts(client: tasks_v2.Clo
     for attempt in (1, 2, 3):
         wait_attempts(client, name, attempt)
         clock.advance(1)
-    wait_for(lambda: gone(client, name))
+    wait_for(lambda: task_gone(client, name))
     headers = [(r.header("X-CloudTasks-TaskRetryCount"), r.header("X-CloudTasks-TaskExecutionCount"),
                 r.header("X-CloudTasks-TaskPreviousResponse"), r.header("X-CloudTasks-TaskRetryReason"))
                for r in target.on("/work")]
@@ -108,7 +99,7 @@ def test_a_task_is_dropped_after_max_attempts_when_there_is_no_time_limit(
     for attempt in (1, 2):
         wait_attempts(client, name, attempt)
         clock.advance(1)
-    wait_for(lambda: gone(client, name), message="the task to be dropped")
+    wait_for(lambda: task_gone(client, name), message="the task to be dropped")
     assert len(target.on("/fail")) == 3, "4xx answers are retried like any failure (§1.2)"
 
 
@@ -120,7 +111,7 @@ def test_retries_stop_only_when_both_attempts_and_duration_are_spent(
     for attempt in (1, 2, 3):
         wait_attempts(client, name, attempt)
         clock.advance(10)
-    wait_for(lambda: gone(client, name))
+    wait_for(lambda: task_gone(client, name))
     assert len(target.on("/fail")) == 4, "attempts at 0, 10, 20 and 30 s: the duration was spent at the 4th"
 
 
@@ -132,7 +123,7 @@ def test_unlimited_attempts_still_stop_at_the_time_limit(client: tasks_v2.CloudT
     for attempt in (1, 2):
         wait_attempts(client, name, attempt)
         clock.advance(10)
-    wait_for(lambda: gone(client, name))
+    wait_for(lambda: task_gone(client, name))
     assert len(target.on("/fail")) == 3
 
 
@@ -211,9 +202,9 @@ def test_a_paused_queue_keeps_its_tasks_until_resumed(client: tasks_v2.CloudTask
     client.pause_queue(name=queue.name)
     name = client.create_task(parent=queue.name, task={"http_request": {"url": url}}).name
     time.sleep(0.2)
-    assert target.on("/p") == [] and not gone(client, name)
+    assert target.on("/p") == [] and not task_gone(client, name)
     client.resume_queue(name=queue.name)
-    wait_for(lambda: gone(client, name))
+    wait_for(lambda: task_gone(client, name))
 
 
 def test_run_task_dispatches_at_once_even_when_paused_or_scheduled_later(
@@ -230,7 +221,7 @@ def test_run_task_dispatches_at_once_even_when_paused_or_scheduled_later(
     failed = wait_attempts(client, name, 1)
     assert failed.schedule_time.timestamp() == pytest.approx(called_at + 30), "from when RunTask was called"
     client.run_task(name=name)
-    wait_for(lambda: gone(client, name))
+    wait_for(lambda: task_gone(client, name))
 
 
 def test_the_rate_limit_is_a_token_bucket(client: tasks_v2.CloudTasksClient, target: Target,
@@ -272,7 +263,7 @@ def test_never_more_than_max_concurrent_dispatches_in_flight(emulator: EmulatorS
     url = target.answer("/busy", ("hang", 0.3))
     queue = make_queue(client, "narrow", rate_limits={"max_concurrent_dispatches": 3})
     names = [client.create_task(parent=queue.name, task={"http_request": {"url": url}}).name for _ in range(9)]
-    wait_for(lambda: all(gone(client, name) for name in names), timeout=15)
+    wait_for(lambda: all(task_gone(client, name) for name in names), timeout=15)
     assert target.peak_in_flight == 3
     assert emulator.dispatcher is not None and emulator.dispatcher.runtimes[queue.name].peak_in_flight == 3
 
@@ -287,7 +278,7 @@ def test_a_hanging_target_does_not_stall_other_queues(client: tasks_v2.CloudTask
     started = time.monotonic()
     names = [client.create_task(parent=quick_queue.name, task={"http_request": {"url": fine}}).name
              for _ in range(5)]
-    wait_for(lambda: all(gone(client, name) for name in names))
+    wait_for(lambda: all(task_gone(client, name) for name in names))
     assert time.monotonic() - started < 2
 
 
@@ -299,7 +290,7 @@ def test_a_connection_reset_is_a_failed_attempt(client: tasks_v2.CloudTasksClien
     task = wait_attempts(client, name, 1)
     assert task.response_count == 0
     clock.advance(1)
-    wait_for(lambda: gone(client, name))
+    wait_for(lambda: task_gone(client, name))
 
 
 def test_oidc_tokens_verify_against_the_emulators_published_keys(

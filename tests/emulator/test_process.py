@@ -22,7 +22,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from emulator.server import EmulatorServer
-from tests.emulator.conftest import PARENT, Target, make_queue, wait_for
+from tests.emulator.conftest import PARENT, Target, make_queue, task_gone, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"export CLOUD_TASKS_EMULATOR_HOST=(\S+)")
@@ -96,7 +96,7 @@ def test_an_accepted_task_survives_kill_9_and_a_delivered_one_is_not_delivered_a
     queue = make_queue(client, "durable")
     delivered = client.create_task(parent=queue.name, task={"http_request": {"url": done_url}}).name
     wait_for(lambda: target.on("/done"))
-    wait_for(lambda: _gone(client, delivered), message="the delivered task to be recorded")
+    wait_for(lambda: task_gone(client, delivered), message="the delivered task to be recorded")
     client.pause_queue(name=queue.name)
     pending = [client.create_task(parent=queue.name, task={"http_request": {"url": later_url}}).name
                for _ in range(20)]
@@ -113,14 +113,6 @@ def test_an_accepted_task_survives_kill_9_and_a_delivered_one_is_not_delivered_a
     time.sleep(0.3)
     assert len(target.on("/done")) == 1, "a task answered 2xx is not delivered again"
     assert second.stop() == 0
-
-
-def _gone(client: tasks_v2.CloudTasksClient, name: str) -> bool:
-    try:
-        client.get_task(name=name)
-    except api_exceptions.NotFound:
-        return True
-    return False
 
 
 def test_the_http_port_serves_discovery_keys_health_and_inspection(

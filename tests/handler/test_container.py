@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "handler" / "Dockerfile"
 
@@ -52,12 +54,6 @@ def test_dockerignore_sends_only_code_and_requirements() -> None:
     assert rules[0] == "**", "everything is excluded unless listed"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def container_process() -> tuple[subprocess.Popen[str], int]:
     """The Dockerfile's CMD, run from a folder laid out like the image's WORKDIR (handler/ inside it)."""
@@ -65,7 +61,7 @@ def container_process() -> tuple[subprocess.Popen[str], int]:
     argv = json.loads(cmd)
     if argv[0] == "python":
         argv[0] = sys.executable
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1"}
     process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     yield process, port
