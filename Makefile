@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: test lint typecheck unit local venv bench clean
+.PHONY: test lint typecheck unit local venv policy-venv bench clean
 
 test: lint typecheck unit
 
@@ -23,8 +23,19 @@ $(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt emu
 
 venv: $(INSTALLED)
 
+# The policy pack's own environment (pulumi-policy pins an older protobuf); Pulumi runs the pack from it.
+POLICY_VENV := policy/.venv
+
+$(POLICY_VENV)/.installed: policy/requirements.txt $(INSTALLED)
+	@test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
+	@$(BIN)/uv pip install -q --python $(POLICY_VENV)/bin/python -r policy/requirements.txt \
+	 || $(POLICY_VENV)/bin/python -m pip install -q -r policy/requirements.txt
+	@touch $@
+
+policy-venv: $(POLICY_VENV)/.installed
+
 lint: $(INSTALLED)
-	$(BIN)/ruff check infra handler emulator producer local tests bench
+	$(BIN)/ruff check infra handler emulator producer local policy tests bench
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
@@ -79,4 +90,4 @@ local: $(INSTALLED)
 	$(BIN)/python -m local
 
 clean:
-	rm -rf $(VENV) $(HANDLER_VENV) $(PEER_EMULATOR_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HANDLER_VENV) $(PEER_EMULATOR_VENV) $(POLICY_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,9 @@ INVOKER_SERVICE_ACCOUNT = "TASKLANE_INVOKER_SERVICE_ACCOUNT"
 TASK_AUDIENCE = "TASKLANE_TASK_AUDIENCE"
 """The `aud` claim task tokens carry."""
 
+TASK_DISPATCH_DEADLINE = "TASKLANE_TASK_DISPATCH_DEADLINE"
+"""The dispatch deadline producers set on tasks ("600s"): how long Cloud Tasks waits for an answer."""
+
 MAX_ATTEMPTS = "TASKLANE_MAX_ATTEMPTS"
 """The queue's RetryConfig.max_attempts (-1 for unlimited), so the handler knows a task's final attempt."""
 

@@ -37,6 +37,7 @@ def create_service(
         handler_env.INVOKER_SERVICE_ACCOUNT: invoker_account_email,
         handler_env.TASK_AUDIENCE: task_audience,
         handler_env.MAX_ATTEMPTS: str(settings.max_attempts),
+        handler_env.TASK_DISPATCH_DEADLINE: format_duration(settings.task_dispatch_deadline_seconds),
         handler_env.TOKEN_CHECK: settings.token_check,
     }
     return gcp.cloudrunv2.Service(

@@ -312,6 +312,7 @@ def test_handler_is_told_its_queue_invoker_audience_max_attempts_and_token_check
         handler_env.INVOKER_SERVICE_ACCOUNT: account(snap, "-invoker").outputs["email"],
         handler_env.TASK_AUDIENCE: snap.outputs["task_audience"],
         handler_env.MAX_ATTEMPTS: str(setting(stack, "maxAttempts")),
+        handler_env.TASK_DISPATCH_DEADLINE: snap.outputs["task_dispatch_deadline"],
         handler_env.TOKEN_CHECK: setting(stack, "tokenCheck"),
     }
 

@@ -1,0 +1,107 @@
+"""The guardrails pass every committed stack and catch each unsafe variant with a message."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from policy.rules import QUEUE, SERVICE, stack_of, violations
+from tests.infra.harness import Registration, StackSnapshot, build_stack, stack_names
+
+SERVICE_IAM = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
+
+
+@functools.cache
+def snapshot(stack: str, overrides: tuple[tuple[str, Any], ...] = ()) -> StackSnapshot:
+    return build_stack(stack, overrides=dict(overrides))
+
+
+def stack_violations(snap: StackSnapshot, stack: str) -> list[tuple[str, str, str]]:
+    return [(resource.name, rule, message) for resource in snap.resources
+            for rule, message in violations(resource.type, resource.inputs, stack)]
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_every_committed_stack_passes_every_rule(stack: str) -> None:
+    assert stack_violations(snapshot(stack), stack) == []
+
+
+def one(snap: StackSnapshot, kind: str) -> Registration:
+    [found] = [resource for resource in snap.resources if resource.type == kind]
+    return found
+
+
+def altered(kind: str, change: Callable[[dict[str, Any]], None], stack: str = "dev") -> list[tuple[str, str]]:
+    props = copy.deepcopy(one(snapshot(stack), kind).inputs)
+    change(props)
+    return violations(kind, props, stack)
+
+
+def set_path(*path: Any) -> Callable[[dict[str, Any]], None]:
+    *parents, leaf, value = path
+
+    def change(props: dict[str, Any]) -> None:
+        target: Any = props
+        for key in parents:
+            target = target[key]
+        if value is DELETE:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = value
+    return change
+
+
+DELETE = object()
+UNSAFE: dict[str, tuple[str, Callable[[dict[str, Any]], None], str, str]] = {
+    "invoker check disabled": (SERVICE, set_path("invokerIamDisabled", True), "no-public-invoker",
+                               "invoker IAM check disabled"),
+    "allUsers invoker": (SERVICE_IAM, set_path("member", "allUsers"), "no-public-invoker", "allUsers may invoke"),
+    "allAuthenticatedUsers invoker": (SERVICE_IAM, set_path("member", "allAuthenticatedUsers"), "no-public-invoker",
+                                      "allAuthenticatedUsers may invoke"),
+    "no service account": (SERVICE, set_path("template", "serviceAccount", DELETE), "no-default-compute-account",
+                           "runs as the default compute account (which holds Editor)"),
+    "default compute account": (SERVICE, set_path("template", "serviceAccount",
+                                                  "123456789012-compute@developer.gserviceaccount.com"),
+                                "no-default-compute-account", "runs as the default compute account"),
+    "image by tag": (SERVICE, lambda p: p["template"]["containers"][0].update(
+        image="us-central1-docker.pkg.dev/p/r/handler:latest"), "image-pinned-by-digest", "is not pinned by digest"),
+    "queue without rate limit": (QUEUE, set_path("rateLimits", DELETE), "queue-bounded-and-rate-limited",
+                                 "sets no rateLimits.maxDispatchesPerSecond"),
+    "timeout below deadline": (SERVICE, set_path("template", "timeout", "60s"), "timeout-covers-deadline",
+                               "request timeout (60s) is shorter than the task dispatch deadline (600s)"),
+    "default timeout below deadline": (SERVICE, set_path("template", "timeout", DELETE), "timeout-covers-deadline",
+                                       "request timeout (300s) is shorter"),
+}
+
+
+@pytest.mark.parametrize("kind, change, rule, message", UNSAFE.values(), ids=UNSAFE.keys())
+def test_each_unsafe_resource_is_caught_with_a_message(kind: str, change: Callable[[dict[str, Any]], None],
+                                                       rule: str, message: str) -> None:
+    found = altered(kind, change)
+    assert [name for name, _ in found] == [rule]
+    assert message in found[0][1]
+
+
+def test_a_queue_with_unbounded_attempts_is_caught() -> None:
+    """maxAttempts -1 is a valid setting, so the stack builds; the guardrail stops it."""
+    snap = snapshot("dev", (("tasklane:maxAttempts", -1),))
+    found = stack_violations(snap, "dev")
+    assert [(rule, "unbounded" in message) for _, rule, message in found] == [
+        ("queue-bounded-and-rate-limited", True)]
+
+
+def test_production_without_deletion_protection_is_caught_and_dev_is_not() -> None:
+    prod = snapshot("prod", (("tasklane:deletionProtection", False),))
+    assert [(rule, message) for _, rule, message in stack_violations(prod, "prod")] == [
+        ("prod-deletion-protection",
+         "stack 'prod' turns deletion protection off on the Cloud Run service; keep it on in production")]
+    assert stack_violations(snapshot("dev"), "dev") == []
+    assert stack_violations(prod, "prod-eu") != [], "any stack whose name starts with prod"
+
+
+def test_the_stack_is_read_from_the_urn() -> None:
+    assert stack_of("urn:pulumi:prod-eu::tasklane::gcp:cloudrunv2/service:Service::svc") == "prod-eu"
