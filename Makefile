@@ -47,7 +47,7 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --silent
 	@touch $@
 
-unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.package-lock.json
+unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.package-lock.json $(POLICY_VENV)/.installed
 	$(BIN)/python -m pytest
 
 # Benchmarks compare with the peers their issues name; the handler runs from an environment holding

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a Google Cloud project for one Tasklane environment, driven from GitHub Actions:
+#   - the project itself, when BILLING_ACCOUNT is set (created and linked to that billing account),
 #   - the APIs Pulumi and Workload Identity Federation need,
 #   - (optional) a GCS bucket for Pulumi state,
 #   - a Workload Identity pool and GitHub provider that trust only this repository,
@@ -11,7 +12,7 @@
 set -euo pipefail
 
 if [[ $# -lt 3 || $# -gt 4 ]]; then
-  sed -n '2,12p' "$0" >&2
+  sed -n '2,13p' "$0" >&2
   exit 2
 fi
 project=$1 stack=$2 repository=$3 bucket=${4:-}
@@ -38,6 +39,11 @@ run() {
     "$@"
   fi
 }
+
+if [[ -n ${BILLING_ACCOUNT:-} ]]; then
+  run gcloud projects create "$project" --name "Tasklane $stack"
+  run gcloud billing projects link "$project" --billing-account "$BILLING_ACCOUNT"
+fi
 
 run gcloud services enable --project "$project" \
   iam.googleapis.com iamcredentials.googleapis.com sts.googleapis.com \

@@ -19,9 +19,9 @@ def roles_file() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def dry_run(*args: str) -> subprocess.CompletedProcess[str]:
+def dry_run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "BOOTSTRAP_DRY_RUN": "1"})
+                          env={**os.environ, "BOOTSTRAP_DRY_RUN": "1", **env})
 
 
 def test_the_script_passes_shellcheck() -> None:
@@ -56,3 +56,11 @@ def test_bad_arguments_are_refused_with_a_reason() -> None:
         "bootstrap: 'My Project' is not a Google Cloud project ID"
     assert "is not a GitHub repository" in dry_run("my-tasklane-dev", "dev", "not-a-repo").stderr
     assert dry_run("only-one").returncode == 2
+
+
+def test_the_project_is_created_and_billed_only_when_a_billing_account_is_given() -> None:
+    without = dry_run("my-tasklane-dev", "dev", "my-org/tasklane").stdout
+    assert "projects create" not in without
+    created = dry_run("my-tasklane-dev", "dev", "my-org/tasklane", BILLING_ACCOUNT="0X0X0X-0X0X0X-0X0X0X").stdout
+    assert "gcloud projects create my-tasklane-dev" in created
+    assert "gcloud billing projects link my-tasklane-dev --billing-account 0X0X0X-0X0X0X-0X0X0X" in created
