@@ -39,8 +39,8 @@ from emulator.validation import (
     with_view,
 )
 
-QueueState_ = queue_types.Queue.State
-RUNNING, PAUSED = QueueState_.RUNNING, QueueState_.PAUSED
+QueueStateEnum = queue_types.Queue.State
+RUNNING, PAUSED = QueueStateEnum.RUNNING, QueueStateEnum.PAUSED
 DEFAULT_TASK_TOMBSTONE_SECONDS = 3600.0  # §5.2: configurable, 1 h by default
 DEFAULT_QUEUE_TOMBSTONE_SECONDS = 7 * 86400.0  # §6.6
 MAX_TASKS_PAGE, MAX_QUEUES_PAGE = 1000, 9800  # §6.8
@@ -500,9 +500,9 @@ def _state_filter(filter_: str) -> Any:
     if not filter_.strip():
         return None
     key, _, value = filter_.partition(":")
-    if key.strip() != "state" or value.strip() not in QueueState_.__members__:
+    if key.strip() != "state" or value.strip() not in QueueStateEnum.__members__:
         raise errors.invalid(f"Unsupported filter: '{filter_}'; only 'state: <STATE>' is supported.")  # inferred
-    return int(getattr(QueueState_, value.strip()))
+    return int(getattr(QueueStateEnum, value.strip()))
 
 
 def _page(names: list[str], size: int, most: int, token: str) -> tuple[list[str], str]:
