@@ -224,6 +224,22 @@ def test_run_task_dispatches_at_once_even_when_paused_or_scheduled_later(
     wait_for(lambda: task_gone(client, name))
 
 
+def test_run_task_ignores_an_exhausted_rate_limit(client: tasks_v2.CloudTasksClient, target: Target,
+                                                  clock: ManualClock) -> None:
+    url = target.answer("/limited", 200)
+    queue = make_queue(client, "slowlane", rate_limits={"max_dispatches_per_second": 1})
+    client.pause_queue(name=queue.name)
+    first, second = (client.create_task(parent=queue.name, task={"http_request": {"url": url}}).name
+                     for _ in range(2))
+    client.resume_queue(name=queue.name)
+    wait_for(lambda: len(target.on("/limited")) == 1, message="the burst of one")
+    time.sleep(0.2)
+    assert len(target.on("/limited")) == 1, "the bucket is empty until the clock moves"
+    waiting = second if task_gone(client, first) else first
+    client.run_task(name=waiting)
+    wait_for(lambda: len(target.on("/limited")) == 2, message="RunTask's dispatch despite the empty bucket")
+
+
 def test_the_rate_limit_is_a_token_bucket(client: tasks_v2.CloudTasksClient, target: Target,
                                           clock: ManualClock) -> None:
     """2 tasks/s with a burst of 1: one at once, then one every half second (§3.4)."""
