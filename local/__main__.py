@@ -213,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-timeout", type=float, default=30.0, help="seconds to wait for the samples")
     parser.add_argument("--once", action="store_true", help="stop after the samples instead of staying up")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops cleanly, like Ctrl-C
+    # Ctrl-C and SIGTERM stop everything cleanly. SIGINT is set explicitly: a process started from a
+    # background job inherits it as ignored, and Python then installs no Ctrl-C handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args)
     except KeyboardInterrupt:
