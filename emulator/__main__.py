@@ -31,7 +31,7 @@ def stack_queue(stack: str, project_dir: Path) -> Any:
     from infra.settings import format_duration, settings_from_stack_files
 
     settings = settings_from_stack_files(stack, project_dir)
-    queue = queue_types.Queue.pb()(name=local_queue_path(settings.project, settings.region, settings.name))
+    queue = queue_types.Queue.pb()(name=settings.local_queue_path)
     queue.rate_limits.max_dispatches_per_second = settings.max_dispatches_per_second
     queue.rate_limits.max_concurrent_dispatches = settings.max_concurrent_dispatches
     retry = queue.retry_config
@@ -43,11 +43,6 @@ def stack_queue(stack: str, project_dir: Path) -> Any:
         getattr(retry, field_name).FromJsonString(format_duration(seconds))
     queue.stackdriver_logging_config.sampling_ratio = settings.logging_sampling_ratio
     return queue
-
-
-def local_queue_path(project: str, region: str, name: str) -> str:
-    """Deployed queues are auto-named; locally the stack's queue is `<name>-queue`."""
-    return f"projects/{project}/locations/{region}/queues/{name}-queue"
 
 
 def _latency(text: str) -> tuple[str, float]:

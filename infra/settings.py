@@ -157,6 +157,15 @@ class PipelineSettings:
         return f"{self.name}-invoker"
 
     @property
+    def invoker_email(self) -> str:
+        return f"{self.invoker_account_id}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def local_queue_path(self) -> str:
+        """The stack's queue in the local emulator: deployed queues are auto-named, locally it is `<name>-queue`."""
+        return f"projects/{self.project}/locations/{self.region}/queues/{self.name}-queue"
+
+    @property
     def repository_id(self) -> str:
         return f"{self.name}-images"
 

@@ -147,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
                              "(see `python -m local --help`)")
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    queue_path = f"projects/{settings.project}/locations/{settings.region}/queues/{settings.name}-queue"
-    invoker = f"{settings.invoker_account_id}@{settings.project}.iam.gserviceaccount.com"
+    queue_path, invoker = settings.local_queue_path, settings.invoker_email
     service_url = f"http://{args.host}:{args.handler_port}"
     children: list[Child] = []
     try:
