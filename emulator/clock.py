@@ -12,7 +12,10 @@ import heapq
 import itertools
 import threading
 import time
-from typing import Protocol
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -21,6 +24,9 @@ class Clock(Protocol):
 
     async def sleep_until(self, when: float) -> None:
         """Return once `now() >= when` (or soon after)."""
+
+    async def run_until(self, work: Awaitable[T], deadline: float) -> T:
+        """`work`'s result, or TimeoutError (with `work` cancelled) if the deadline passes first."""
 
 
 class SystemClock:
@@ -31,6 +37,10 @@ class SystemClock:
         delay = when - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
+
+    async def run_until(self, work: Awaitable[T], deadline: float) -> T:
+        async with asyncio.timeout(max(0.0, deadline - time.time())):  # no extra task, unlike wait_for
+            return await work
 
 
 class ManualClock:
@@ -60,6 +70,16 @@ class ManualClock:
                 continue  # cancelled, or left behind by an emulator that has stopped
             with contextlib.suppress(RuntimeError):  # the loop closed in between
                 loop.call_soon_threadsafe(_resolve, future)
+
+    async def run_until(self, work: Awaitable[T], deadline: float) -> T:
+        running = asyncio.ensure_future(work)
+        timer = asyncio.ensure_future(self.sleep_until(deadline))
+        done, _ = await asyncio.wait({running, timer}, return_when=asyncio.FIRST_COMPLETED)
+        if running in done:
+            timer.cancel()
+            return running.result()
+        running.cancel()
+        raise TimeoutError
 
     async def sleep_until(self, when: float) -> None:
         loop = asyncio.get_running_loop()

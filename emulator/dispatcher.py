@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from emulator.clock import Clock, SystemClock
+from emulator.clock import Clock
 from emulator.engine import Attempt, Engine, QueueState, TaskState
 from emulator.tokens import TokenIssuer
 
@@ -222,8 +222,8 @@ class Dispatcher:
             if url is None:
                 record.error = "App Engine task, and no --app-engine-url to send it to"
             else:
-                status, retry_after = await self._within_deadline(self._request(attempt, url, headers),
-                                                                  attempt.started + attempt.deadline)
+                status, retry_after = await self.clock.run_until(self._request(attempt, url, headers),
+                                                                 attempt.started + attempt.deadline)
                 answered = True
         except TimeoutError:
             status, record.error = TIMED_OUT, f"no answer within the {attempt.deadline:g} s dispatch deadline"
@@ -241,21 +241,6 @@ class Dispatcher:
                                          allow_redirects=False) as response:
             await response.read()
             return response.status, _retry_after(response.headers.get("Retry-After"))
-
-    async def _within_deadline(self, request: Any, deadline_at: float) -> tuple[int, float | None]:
-        if isinstance(self.clock, SystemClock):
-            async with asyncio.timeout(max(0.0, deadline_at - self.clock.now())):  # no extra task, unlike wait_for
-                status, retry_after = await request
-                return int(status), retry_after
-        sending = asyncio.ensure_future(request)
-        deadline = asyncio.ensure_future(self.clock.sleep_until(deadline_at))
-        done, _ = await asyncio.wait({sending, deadline}, return_when=asyncio.FIRST_COMPLETED)
-        if sending in done:
-            deadline.cancel()
-            status, retry_after = sending.result()
-            return int(status), retry_after
-        sending.cancel()
-        raise TimeoutError
 
 
 def _retry_after(value: str | None) -> float | None:
