@@ -38,10 +38,8 @@ class RunningEmulator:
 
 
 def start_emulator(config: EmulatorConfig | None = None) -> EmulatorServer:
-    config = config or EmulatorConfig()
-    config.grpc_port = config.grpc_port if config.grpc_port != 8123 else 0
-    config.http_port = config.http_port if config.http_port != 8124 else 0
-    return EmulatorServer(config).start_in_thread()
+    """An emulator running in a background thread; by default on free loopback ports, in memory."""
+    return EmulatorServer(config or EmulatorConfig(grpc_port=0, http_port=0)).start_in_thread()
 
 
 @pytest.fixture

@@ -127,6 +127,8 @@ def make_emulator(clock: ManualClock) -> Iterator[Callable[..., EmulatorServer]]
 
     def make(**options: Any) -> EmulatorServer:
         options.setdefault("clock", clock)
+        options.setdefault("grpc_port", 0)
+        options.setdefault("http_port", 0)
         server = start_emulator(EmulatorConfig(**options))
         started.append(server)
         return server
