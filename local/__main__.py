@@ -119,7 +119,6 @@ def show_flow(emulator_url: str, names: dict[str, str], state_dir: Path, timeout
     deadline = time.monotonic() + timeout
     while len(finals) < len(names) and time.monotonic() < deadline:
         attempts = http_json(f"{emulator_url}/v1/attempts")["attempts"]
-        pending = {task["name"] for task in http_json(f"{emulator_url}/v1/tasks")["tasks"]}
         dead = {entry["tasklane_dead_letter"].get("task_name") for entry in handler_log(state_dir)
                 if "tasklane_dead_letter" in entry}
         for label, name in names.items():
@@ -128,9 +127,10 @@ def show_flow(emulator_url: str, names: dict[str, str], state_dir: Path, timeout
                     printed.add((name, attempt["attempt"]))
                     print(f"  {label:<36} attempt {attempt['attempt']}: HTTP {attempt['status']}"
                           f"{' → will retry' if attempt['outcome'] == 'retrying' else ''}", flush=True)
-            if label not in finals and name not in pending and any(a["task"] == name for a in attempts):
-                finals[label] = ("rejected and dead-lettered" if name.rsplit("/", 1)[1] in dead
-                                 else "done")
+                # Final only from a finished attempt's own outcome, so its line is always printed first.
+                if label not in finals and attempt["outcome"] in ("succeeded", "gave_up"):
+                    finals[label] = ("rejected and dead-lettered" if name.rsplit("/", 1)[1] in dead
+                                     else "done" if attempt["outcome"] == "succeeded" else "dropped after retries")
         time.sleep(0.2)
     return {label: finals.get(label, "still pending") for label in names}
 
