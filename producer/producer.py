@@ -157,14 +157,14 @@ class TaskProducer:
                                          "audience": self.config.task_audience}}}
         if task_id is not None:
             task["name"] = f"{self.config.queue_path}/tasks/{task_id}"
-        task["schedule_time"] = self._schedule_time(spec)
+        schedule_time = self._schedule_time(spec)
+        if schedule_time is not None:
+            task["schedule_time"] = schedule_time
         deadline = _seconds(spec.deadline) if spec.deadline is not None else self.config.dispatch_deadline_seconds
         if not MIN_DEADLINE <= deadline <= MAX_DEADLINE:
             raise InvalidTask(f"deadline {deadline:g}s must be between 15s and 30 minutes")
         task["dispatch_deadline"] = duration_pb2.Duration(seconds=int(deadline),
                                                           nanos=int((deadline % 1) * 1e9))
-        if task["schedule_time"] is None:
-            del task["schedule_time"]
         return task
 
     def _schedule_time(self, spec: TaskSpec) -> timestamp_pb2.Timestamp | None:
