@@ -11,6 +11,13 @@ from infra.settings import PipelineSettings
 
 # What the handler itself needs at run time: writing its logs and metrics. Nothing else.
 RUNTIME_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+# A service agent created on request gets no roles; this one carries iam.serviceAccounts.getOpenIdToken,
+# without which Cloud Tasks cannot mint the tasks' OIDC tokens. (IAM docs, "Create and grant roles to
+# service agents"; Cloud Tasks roles reference.)
+CLOUD_TASKS_AGENT_PROJECT_ROLES = ("roles/cloudtasks.serviceAgent",)
+# Every role the program grants at project level: the deployer's IAM-admin grant is conditioned on exactly
+# these (bootstrap/grantable-roles.txt, kept equal by a test).
+PROJECT_LEVEL_ROLES = RUNTIME_PROJECT_ROLES + CLOUD_TASKS_AGENT_PROJECT_ROLES
 
 
 @dataclass(frozen=True)
@@ -32,14 +39,7 @@ def create_identities(name: str, settings: PipelineSettings, opts: pulumi.Resour
         description="Identity of the Cloud Run task handler: writes logs and metrics only.",
         opts=opts,
     )
-    for role in RUNTIME_PROJECT_ROLES:
-        gcp.projects.IAMMember(
-            f"{name}-runtime-{role.split('/')[1].replace('.', '-')}",
-            project=settings.project,
-            role=role,
-            member=runtime.member,
-            opts=opts,
-        )
+    _grant_on_project(f"{name}-runtime", settings, runtime.member, RUNTIME_PROJECT_ROLES, opts)
     invoker = gcp.serviceaccount.Account(
         f"{name}-invoker",
         project=settings.project,
@@ -54,4 +54,18 @@ def create_identities(name: str, settings: PipelineSettings, opts: pulumi.Resour
         service="cloudtasks.googleapis.com",
         opts=opts,
     )
+    _grant_on_project(f"{name}-cloudtasks-agent", settings, cloud_tasks_agent.member,
+                      CLOUD_TASKS_AGENT_PROJECT_ROLES, opts)
     return Identities(runtime=runtime, invoker=invoker, cloud_tasks_agent=cloud_tasks_agent)
+
+
+def _grant_on_project(prefix: str, settings: PipelineSettings, member: pulumi.Input[str], roles: tuple[str, ...],
+                      opts: pulumi.ResourceOptions) -> None:
+    for role in roles:
+        gcp.projects.IAMMember(
+            f"{prefix}-{role.split('/')[1].replace('.', '-')}",
+            project=settings.project,
+            role=role,
+            member=member,
+            opts=opts,
+        )

@@ -5,11 +5,14 @@ from __future__ import annotations
 import pulumi
 
 from infra.pipeline import TaskPipeline
-from infra.settings import load_settings
+from infra.settings import load_settings, retry_window_warning
 
 
 def main() -> TaskPipeline:
     settings = load_settings()
+    warning = retry_window_warning(settings)
+    if warning:
+        pulumi.log.warn(warning)
     pipeline = TaskPipeline(settings.name, settings)
     pulumi.export("service_url", pipeline.service_url)
     pulumi.export("queue_path", pipeline.queue_path)

@@ -69,7 +69,8 @@ def create_service(
                 ports=gcp.cloudrunv2.ServiceTemplateContainerPortsArgs(container_port=CONTAINER_PORT, name="http1"),
                 resources=gcp.cloudrunv2.ServiceTemplateContainerResourcesArgs(
                     limits={"cpu": settings.cpu, "memory": settings.memory},
-                    cpu_idle=True,
+                    # Throttled outside requests (request-based billing) unless the stack says otherwise.
+                    cpu_idle=not settings.cpu_always_allocated,
                     startup_cpu_boost=True,
                 ),
                 envs=[gcp.cloudrunv2.ServiceTemplateContainerEnvArgs(name=key, value=value)

@@ -11,6 +11,7 @@ Defaults live in `Pulumi.yaml` (the CLI applies them), so this module has none o
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -40,6 +41,7 @@ CONFIG_KEYS: dict[str, str] = {
     "max_instances": "tasklane:maxInstances",
     "cpu": "tasklane:cpu",
     "memory": "tasklane:memory",
+    "cpu_always_allocated": "tasklane:cpuAlwaysAllocated",
     "deletion_protection": "tasklane:deletionProtection",
     "image_keep_count": "tasklane:imageKeepCount",
     "max_dispatches_per_second": "tasklane:maxDispatchesPerSecond",
@@ -130,6 +132,7 @@ class PipelineSettings:
     max_instances: int
     cpu: str
     memory: str
+    cpu_always_allocated: bool
     deletion_protection: bool
     image_keep_count: int
     max_dispatches_per_second: float
@@ -176,6 +179,20 @@ class PipelineSettings:
     @property
     def ingress_enum(self) -> str:
         return INGRESS_VALUES[self.ingress]
+
+    @property
+    def retry_window_seconds(self) -> float:
+        """The least time from a task's first attempt to Cloud Tasks giving it up, if every attempt fails at
+        once: both limits must be spent, so it is the longer of the backoffs' sum and maxRetryDuration."""
+        from emulator.retry import RetryPolicy  # the one implementation of Cloud Tasks' backoff formula
+
+        if self.max_attempts == limits.UNLIMITED_ATTEMPTS:
+            return math.inf
+        policy = RetryPolicy(max_attempts=self.max_attempts, max_retry_duration=self.max_retry_duration_seconds,
+                             min_backoff=self.min_backoff_seconds, max_backoff=self.max_backoff_seconds,
+                             max_doublings=self.max_doublings)
+        backoffs = sum(policy.interval(failures) for failures in range(1, self.max_attempts))
+        return max(backoffs, self.max_retry_duration_seconds)
 
 
 DURATION_FIELDS = frozenset({
@@ -234,15 +251,7 @@ def validation_problems(s: PipelineSettings) -> list[str]:
           f"must be between 1 and {limits.MAX_INSTANCES}")
     check(s.min_instances <= s.max_instances, "min_instances",
           f"must not exceed {CONFIG_KEYS['max_instances']} ({s.max_instances})")
-    check(s.cpu in limits.MAX_MEMORY_MIB_BY_CPU, "cpu",
-          f"must be one of {', '.join(limits.MAX_MEMORY_MIB_BY_CPU)}")
-    try:
-        mib = memory_mib(s.memory)
-        most = limits.MAX_MEMORY_MIB_BY_CPU.get(s.cpu, max(limits.MAX_MEMORY_MIB_BY_CPU.values()))
-        check(limits.MIN_MEMORY_MIB <= mib <= most, "memory",
-              f"must be between {limits.MIN_MEMORY_MIB}Mi and {most}Mi for cpu {s.cpu!r}")
-    except ValueError as error:
-        problems.append(f"{CONFIG_KEYS['memory']}: {error}")
+    problems.extend(cloud_run_shape_problems(s))
     check(s.image_keep_count >= 1, "image_keep_count", "must be at least 1 (the deployed image is always kept)")
 
     check(0 < s.max_dispatches_per_second <= limits.MAX_DISPATCHES_PER_SECOND, "max_dispatches_per_second",
@@ -269,6 +278,77 @@ def validation_problems(s: PipelineSettings) -> list[str]:
         elif not any(pattern.match(member) for pattern in _MEMBER_PATTERNS):
             problems.append(f"{key}: is not an IAM member; allowed forms: {ALLOWED_MEMBER_FORMS}")
     return problems
+
+
+def retry_window_warning(s: PipelineSettings) -> str | None:
+    """Why a stack whose tasks are given up sooner than a new IAM grant propagates may lose tasks."""
+    if s.retry_window_seconds >= limits.IAM_PROPAGATION_SECONDS:
+        return None
+    return (f"tasks are given up {s.retry_window_seconds:.0f}s after their first attempt when every attempt fails "
+            f"({CONFIG_KEYS['max_attempts']} = {s.max_attempts}, {CONFIG_KEYS['max_backoff_seconds']} = "
+            f"{format_duration(s.max_backoff_seconds)}, {CONFIG_KEYS['max_retry_duration_seconds']} = "
+            f"{format_duration(s.max_retry_duration_seconds)}); a new IAM grant can take "
+            f"{limits.IAM_PROPAGATION_SECONDS / 60:.0f} minutes to reach Cloud Run, so tasks sent right after a "
+            "deploy may be refused with 403 until they are given up. Raise maxAttempts or maxRetryDuration.")
+
+
+def cpu_count(text: str) -> float:
+    """CPUs in a Cloud Run CPU limit: a whole choice ("1", "2", "4", "6", "8") or a fraction such as "0.5"."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a CPU count; write e.g. '1', '2' or '0.5'") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a CPU count; write e.g. '1', '2' or '0.5'")
+    return value
+
+
+def cloud_run_shape_problems(s: PipelineSettings) -> list[str]:
+    """Combinations of CPU, memory, concurrency and CPU allocation that Cloud Run refuses to deploy."""
+    cpu_key, memory_key = CONFIG_KEYS["cpu"], CONFIG_KEYS["memory"]
+    whole = ", ".join(str(count) for count in limits.MAX_MEMORY_MIB_BY_CPU)
+    try:
+        cpu = cpu_count(s.cpu)
+    except ValueError as error:
+        return [f"{cpu_key}: {error}; allowed: {whole}, or {limits.MIN_FRACTIONAL_CPU:g} to 0.99 in steps of "
+                f"{limits.FRACTIONAL_CPU_STEP:g}"]
+    try:
+        mib = memory_mib(s.memory)
+    except ValueError as error:
+        return [f"{memory_key}: {error}"]
+    fractional = cpu < 1
+    steps = cpu / limits.FRACTIONAL_CPU_STEP
+    if fractional and not (cpu >= limits.MIN_FRACTIONAL_CPU and abs(steps - round(steps)) < 1e-9):
+        return [f"{cpu_key} = {s.cpu!r}: below 1 CPU Cloud Run takes {limits.MIN_FRACTIONAL_CPU:g} to 0.99 in steps "
+                f"of {limits.FRACTIONAL_CPU_STEP:g}; otherwise one of {whole}"]
+    if not fractional and cpu not in limits.MAX_MEMORY_MIB_BY_CPU:
+        return [f"{cpu_key} = {s.cpu!r}: must be one of {whole}, or a fraction from {limits.MIN_FRACTIONAL_CPU:g} to "
+                "0.99"]
+
+    problems: list[str] = []
+    if fractional:
+        least = limits.MIN_MEMORY_MIB
+        most = limits.MAX_MEMORY_MIB_BELOW_HALF_CPU if cpu < 0.5 else limits.MAX_MEMORY_MIB_BELOW_ONE_CPU
+    else:
+        least, most = limits.MIN_MEMORY_MIB_BY_CPU[int(cpu)], limits.MAX_MEMORY_MIB_BY_CPU[int(cpu)]
+    if not least <= mib <= most:
+        problems.append(f"{memory_key} = {s.memory!r} with {cpu_key} = {s.cpu!r}: Cloud Run needs between {least}Mi "
+                        f"and {most}Mi at {s.cpu} CPU; change the memory, or the CPU "
+                        f"({_cpu_choices_for(mib)} allow {s.memory})")
+    if fractional and s.container_concurrency > limits.FRACTIONAL_CPU_MAX_CONCURRENCY:
+        problems.append(f"{CONFIG_KEYS['container_concurrency']} = {s.container_concurrency} with {cpu_key} = "
+                        f"{s.cpu!r}: below 1 CPU an instance serves one request at a time; set it to 1 or use "
+                        "at least 1 CPU")
+    if fractional and s.cpu_always_allocated:
+        problems.append(f"{CONFIG_KEYS['cpu_always_allocated']} = true with {cpu_key} = {s.cpu!r}: CPU that stays "
+                        "allocated outside requests needs at least 1 CPU; set it to false or use at least 1 CPU")
+    return problems
+
+
+def _cpu_choices_for(mib: int) -> str:
+    choices = [str(cpu) for cpu in limits.MAX_MEMORY_MIB_BY_CPU
+               if limits.MIN_MEMORY_MIB_BY_CPU[cpu] <= mib <= limits.MAX_MEMORY_MIB_BY_CPU[cpu]]
+    return "CPU " + ", ".join(choices) if choices else "no CPU choice"
 
 
 T = TypeVar("T")
@@ -314,6 +394,7 @@ def load_settings(config: ConfigSource | None = None, gcp_config: ConfigSource |
     for field in ("max_dispatches_per_second", "logging_sampling_ratio"):
         read(field, _parse_number)
     read("deletion_protection", _parse_bool)
+    read("cpu_always_allocated", _parse_bool)
     read("producer_members", _parse_members)
 
     if problems:

