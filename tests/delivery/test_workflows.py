@@ -58,46 +58,84 @@ def test_every_action_is_pinned_to_a_version_and_permissions_are_least(name: str
             assert set(auth["with"]) == {"workload_identity_provider", "service_account"}, "no JSON keys"
 
 
-def test_pull_requests_run_the_tests_then_preview_every_stack_with_the_guardrails() -> None:
+def auth_of(job: dict[str, Any]) -> dict[str, Any]:
+    [auth] = steps_using(job, "google-github-actions/auth")
+    return dict(auth["with"])
+
+
+def test_pull_requests_run_the_tests_then_preview_every_stack_as_its_read_only_previewer() -> None:
     flow = workflow("pull-request.yml")
     assert set(flow["on"]) == {"pull_request"}
     jobs = flow["jobs"]
     assert "make test" in [step.get("run") for step in jobs["test"]["steps"]]
     preview = jobs["preview"]
     assert preview["needs"] == "test"
-    assert sorted(entry["stack"] for entry in preview["strategy"]["matrix"]["include"]) == stack_names()
+    assert sorted(preview["strategy"]["matrix"]["stack"]) == stack_names()
+    # The previewer identity is bound to the <stack>-preview environment (bootstrap.sh); the deployer's
+    # environment is never named by a pull request.
+    assert preview["environment"] == "${{ matrix.stack }}-preview"
+    assert auth_of(preview)["service_account"] == "${{ vars.GCP_SERVICE_ACCOUNT }}"
     [pulumi] = steps_using(preview, "pulumi/actions")
     assert pulumi["with"]["command"] == "preview"
+    assert pulumi["with"]["refresh"] is True
     assert pulumi["with"]["policyPacks"] == "policy"
     assert pulumi["with"]["comment-on-pr"] is True
+    assert "upsert" not in pulumi["with"], "the read-only previewer cannot create stacks"
     assert preview["permissions"]["pull-requests"] == "write", "to comment the preview"
 
 
-def test_main_deploys_dev_then_prod_behind_the_prod_environment() -> None:
+def test_forks_get_no_preview_but_a_notice_and_their_tests_still_run() -> None:
+    jobs = workflow("pull-request.yml")["jobs"]
+    same_repository = "github.event.pull_request.head.repo.full_name == github.repository"
+    assert jobs["preview"]["if"] == same_repository
+    assert "if" not in jobs["test"]
+    notice = jobs["fork-notice"]
+    assert notice["if"] == same_repository.replace("==", "!=")
+    assert "::notice" in notice["steps"][0]["run"]
+    assert "id-token" not in notice["permissions"]
+
+
+def test_main_deploys_and_verifies_dev_then_prod_each_in_its_environment() -> None:
     flow = workflow("deploy.yml")
     assert flow["on"]["push"]["branches"] == ["main"]
     jobs = flow["jobs"]
-    assert (jobs["deploy-dev"]["needs"], jobs["deploy-prod"]["needs"]) == ("test", "deploy-dev")
-    assert (jobs["deploy-dev"]["environment"], jobs["deploy-prod"]["environment"]) == ("dev", "prod")
-    for job, stack in (("deploy-dev", "dev"), ("deploy-prod", "prod")):
-        [pulumi] = steps_using(jobs[job], "pulumi/actions")
+    assert {name: job.get("needs") for name, job in jobs.items()} == {
+        "test": None, "deploy-dev": "test", "verify-dev": "deploy-dev", "deploy-prod": "verify-dev",
+        "verify-prod": "deploy-prod"}
+    for stack in ("dev", "prod"):
+        deploy, verify = jobs[f"deploy-{stack}"], jobs[f"verify-{stack}"]
+        assert deploy["environment"] == verify["environment"] == stack, "the deployer is only had in its environment"
+        [pulumi] = steps_using(deploy, "pulumi/actions")
         assert (pulumi["with"]["command"], pulumi["with"]["stack-name"], pulumi["with"]["policyPacks"]) == (
             "up", stack, "policy")
-        assert "pull-requests" not in jobs[job]["permissions"]
-    assert flow["concurrency"]["cancel-in-progress"] is False, "a deploy is never cut off halfway"
+        assert pulumi["with"]["upsert"] is True, "the first run creates the stack on a fresh backend"
+        assert f"make verify STACK={stack}" in [step.get("run") for step in verify["steps"]]
+        for job in (deploy, verify):
+            assert "pull-requests" not in job["permissions"]
+            assert auth_of(job)["service_account"] == "${{ vars.GCP_SERVICE_ACCOUNT }}"
+            # At most one `up` per stack, never cancelled halfway; verification waits for it too.
+            assert job["concurrency"] == {"group": f"pulumi-up-{stack}", "cancel-in-progress": False}
 
 
-def test_a_scheduled_drift_check_previews_every_stack_expecting_no_changes() -> None:
+def test_a_scheduled_drift_check_refreshes_every_stack_as_the_previewer_expecting_no_changes() -> None:
     flow = workflow("drift.yml")
     assert "schedule" in flow["on"]
     job = flow["jobs"]["drift"]
-    assert sorted(entry["stack"] for entry in job["strategy"]["matrix"]["include"]) == stack_names()
+    assert sorted(job["strategy"]["matrix"]["stack"]) == stack_names()
+    assert job["environment"] == "${{ matrix.stack }}-preview"
     [pulumi] = steps_using(job, "pulumi/actions")
-    assert (pulumi["with"]["command"], pulumi["with"]["expect-no-changes"]) == ("preview", True)
+    assert (pulumi["with"]["command"], pulumi["with"]["expect-no-changes"], pulumi["with"]["refresh"]) == (
+        "preview", True, True)
 
 
-def test_the_state_backend_is_chosen_by_a_repository_variable() -> None:
+def test_the_state_backend_and_identities_come_from_each_environment() -> None:
     for name in ("pull-request.yml", "deploy.yml", "drift.yml"):
         for job in workflow(name)["jobs"].values():
             for pulumi in steps_using(job, "pulumi/actions"):
                 assert pulumi["with"]["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}"
+                assert "environment" in job, "environment variables reach only jobs that name the environment"
+            if steps_using(job, "google-github-actions/auth"):
+                assert auth_of(job) == {"workload_identity_provider": "${{ vars.GCP_WIF_PROVIDER }}",
+                                        "service_account": "${{ vars.GCP_SERVICE_ACCOUNT }}"}
+    text = "".join(path.read_text() for path in WORKFLOWS.glob("*.yml"))
+    assert "PULUMI_ACCESS_TOKEN" not in text and "_DEV" not in text and "_PROD" not in text
