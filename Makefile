@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: test lint typecheck unit local venv policy-venv bench clean
+.PHONY: test lint typecheck unit local verify venv policy-venv bench clean
 
 test: lint typecheck unit
 
@@ -88,6 +88,11 @@ bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.pac
 # The README's main command: emulator, handler and sample orders on this machine, until Ctrl-C.
 local: $(INSTALLED)
 	$(BIN)/python -m local
+
+# After a deploy: a smoke task through the stack's queue, waited for until the handler has processed it.
+verify: $(INSTALLED)
+	@test -n "$(STACK)" || { echo "usage: make verify STACK=dev (a deployed Pulumi stack)"; exit 2; }
+	$(BIN)/python -m producer.verify --stack $(STACK)
 
 clean:
 	rm -rf $(VENV) $(HANDLER_VENV) $(PEER_EMULATOR_VENV) $(POLICY_VENV) .pytest_cache .mypy_cache .ruff_cache

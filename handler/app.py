@@ -34,6 +34,7 @@ from handler.actions import ActionLog, ActionRegistry, RejectTask, RetryableErro
 from handler.auth import AuthError, TokenVerifier
 from handler.config import HandlerConfig, TokenCheck
 from handler.dead_letter import DeadLetter, DeadLetterSink, LogDeadLetterSink
+from handler.delivery_check import with_delivery_check
 from handler.idempotency import Claim, IdempotencyStore, InProcessIdempotencyStore
 from handler.logs import StructuredLog
 from handler.openapi import openapi_document
@@ -185,6 +186,7 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
             from handler.demo_actions import demo_actions
 
             actions = ActionRegistry.combined(order_actions, demo_actions)
+    actions = with_delivery_check(actions)
     log = log or StructuredLog(project_id=config.project_id)
     if verifier is None and config.token_check is not TokenCheck.OFF:
         verifier = TokenVerifier(config)

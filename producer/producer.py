@@ -29,6 +29,7 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import (
 )
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from handler.delivery_check import VERIFY_ACTION
 from producer.config import ProducerConfig
 
 TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
@@ -111,7 +112,9 @@ class TaskProducer:
                  client: tasks_v2.CloudTasksClient | None = None,
                  clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)) -> None:
         self.config = config
-        self.actions = tuple(actions) if actions is not None else _default_actions()
+        # Every handler also has the delivery check `make verify` sends.
+        self.actions = tuple(dict.fromkeys([*(actions if actions is not None else _default_actions()),
+                                            VERIFY_ACTION]))
         self._clock = clock
         self._client = client or self._sync_client()
 

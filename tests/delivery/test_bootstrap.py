@@ -198,7 +198,8 @@ def run_with_recording_gcloud(tmp_path: Path, exists: list[str], visible_after: 
 def test_a_first_run_waits_for_new_accounts_to_be_visible_before_binding_roles(tmp_path: Path) -> None:
     result, calls = run_with_recording_gcloud(tmp_path, exists=[], visible_after=2)
     assert result.returncode == 0, result.stderr
-    created = next(i for i, call in enumerate(calls) if call.startswith("iam service-accounts create tasklane-deployer"))
+    created = next(i for i, call in enumerate(calls)
+                   if call.startswith("iam service-accounts create tasklane-deployer"))
     first_binding = next(i for i, call in enumerate(calls)
                          if "add-iam-policy-binding" in call and "tasklane-deployer@" in call)
     looks = [i for i, call in enumerate(calls)

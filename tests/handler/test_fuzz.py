@@ -54,7 +54,8 @@ def test_the_published_schema_lists_every_route(handler: HandlerUnderTest) -> No
     assert routes(handler) == ["/", "/process-order"]
     order = handler.client.get("/openapi.json").json()["components"]["schemas"]["OrderRequest"]
     assert order["required"] == ["orderId", "action"]
-    assert order["properties"]["action"]["enum"] == ["notify_warehouse", "send_confirmation", "update_inventory"]
+    assert order["properties"]["action"]["enum"] == ["notify_warehouse", "send_confirmation", "update_inventory",
+                                                "verify_delivery"]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
