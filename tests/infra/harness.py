@@ -26,6 +26,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_FILE = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
 PROJECT_NAME = PROJECT_FILE["name"]
+PROGRAM_DIR = REPO / PROJECT_FILE["main"]
 PROJECT_NUMBER = "123456789012"
 QUEUE_NAME_SUFFIX = "a1b2c3d"  # Pulumi auto-names a queue with a random suffix; the mock's is fixed.
 MOCK_ACCESS_TOKEN = "ya29.mock-access-token"
@@ -94,7 +95,7 @@ def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> dict[st
 def _digest_of_directory(location: str) -> str:
     """A content hash standing in for the registry digest: the same files give the same digest."""
     digest = hashlib.sha256()
-    root = REPO / location
+    root = (PROGRAM_DIR / location).resolve()
     for path in sorted(root.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(str(path.relative_to(root)).encode())
@@ -212,10 +213,11 @@ class StackSnapshot:
 
 
 @contextlib.contextmanager
-def _in_repository_root() -> Iterator[None]:
-    # Pulumi runs the program from the project directory; relative paths in inputs depend on it.
+def _in_program_directory() -> Iterator[None]:
+    # The Pulumi CLI runs the program with `main` (infra/) as its working directory; relative paths in inputs
+    # depend on it.
     previous = Path.cwd()
-    os.chdir(REPO)
+    os.chdir(PROGRAM_DIR)
     try:
         yield
     finally:
@@ -255,7 +257,7 @@ def build_stack(stack: str, overrides: dict[str, Any] | None = None, config: dic
         return pulumi.Output.all(**root.outputs).apply(outputs.update)  # type: ignore[attr-defined]
 
     try:
-        with _in_repository_root():
+        with _in_program_directory():
             run()
     finally:
         asyncio.set_event_loop(None)

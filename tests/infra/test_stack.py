@@ -135,7 +135,8 @@ def test_handler_image_is_built_from_handler_for_amd64_with_explicit_registry_lo
     snap = snapshot(stack)
     image = snap.one(IMAGE).inputs
     region = stack_file_config(stack)["gcp:region"]
-    assert image["context"]["location"] == "handler"
+    # Relative to infra/, where the Pulumi CLI runs the program (Pulumi.yaml `main`).
+    assert image["context"]["location"] == "../handler"
     assert image["platforms"] == ["linux/amd64"]
     assert image["push"] is True
     assert image["tags"][0].startswith(f"{region}-docker.pkg.dev/{stack_file_config(stack)['gcp:project']}/")
