@@ -57,7 +57,7 @@ def _latency(text: str) -> tuple[str, float]:
 
 
 def _queue_path(text: str) -> str:
-    if not QUEUE_NAME.match(text):
+    if not QUEUE_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a queue path: projects/P/locations/L/queues/Q")
     return text
 
