@@ -90,9 +90,12 @@ class Store:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             self._db.execute("SELECT count(*) FROM tasks").fetchone()
-        except sqlite3.Error as error:
+            if path:  # a read-only file or full disk is found now, not at the first task
+                self._write([("INSERT OR REPLACE INTO settings VALUES ('opened_by_pid', ?)", (str(os.getpid()),))])
+        except (sqlite3.Error, StorageError) as error:
             self.close()
-            raise StateFileError(f"the state file {path} cannot be used: {error}") from None
+            reason = error.__cause__ if isinstance(error, StorageError) else error
+            raise StateFileError(f"the state file {path} cannot be used: {reason}") from None
 
     def close(self) -> None:
         with contextlib.suppress(AttributeError, sqlite3.Error):

@@ -56,9 +56,10 @@ APP_ENGINE_USER_AGENT = "AppEngine-Google; (+http://code.google.com/appengine)"
 # Headers a task cannot set (§7.9): the service derives or reserves them. The hop-by-hop and framing
 # headers (RFC 9110 §7.6.1) belong to one connection, not to the task; they are dropped the same way
 # (not recorded from the real service: see the README's known divergences).
-RESERVED_HEADER = re.compile(r"host|content-length|user-agent|x-google-.*|x-appengine-.*|x-cloudtasks-.*|"
-                             r"connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|expect",
-                             re.I)
+FRAMING_HEADER = re.compile(r"host|connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|"
+                            r"expect", re.I)
+RESERVED_HEADER = re.compile(rf"content-length|user-agent|x-google-.*|x-appengine-.*|x-cloudtasks-.*|"
+                             rf"{FRAMING_HEADER.pattern}", re.I)
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
 FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than tab: CR, LF, NUL, ...
 FORBIDDEN_IN_URL = re.compile(r"[\x00-\x20\x7f]")
