@@ -117,11 +117,11 @@ async def serve(args: argparse.Namespace) -> None:
     await server.start()
     for queue in queues:
         logging.getLogger("emulator").info("queue ready: %s", queue.name)
-    print(server.ready_line, flush=True)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a stop right after it is clean
         loop.add_signal_handler(signum, stopping.set)
+    print(server.ready_line, flush=True)
     await stopping.wait()
     await server.stop()
 

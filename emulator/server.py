@@ -133,6 +133,13 @@ class EmulatorServer:
                                               ("grpc.so_reuseport", 0)])
         self._grpc.add_generic_rpc_handlers((CloudTasksService(self.engine, self.dispatcher,
                                                                config.faults).handlers(),))
+        if config.grpc_port:  # a clear reason now, rather than gRPC's own log line and a bare failure
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((config.host, config.grpc_port))
+                except OSError as error:
+                    raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}: "
+                                  f"{error.strerror or error}") from None
         try:
             self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
         except RuntimeError:

@@ -182,9 +182,9 @@ class Store:
         before = self._db.total_changes
         self._write([("DELETE FROM tombstones WHERE expires <= ?", (now,))])
         pruned = self._db.total_changes - before
-        if pruned and self.path:
+        if self.path and (pruned or self._db.execute("PRAGMA freelist_count").fetchone()[0] > 256):
             with contextlib.suppress(sqlite3.Error):  # shrinking is an optimisation; the next prune retries
-                self._db.execute("PRAGMA incremental_vacuum")
+                self._db.executescript("PRAGMA incremental_vacuum;")  # steps to the end: one page per step
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return pruned
 
