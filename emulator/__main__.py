@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from google.cloud.tasks_v2.types import queue as queue_types
 from emulator.clock import ManualClock, SystemClock
 from emulator.faults import Faults
 from emulator.server import EmulatorConfig, EmulatorServer
+from emulator.store import StateFileError
 from emulator.validation import QUEUE_NAME
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -56,8 +58,18 @@ def _latency(text: str) -> tuple[str, float]:
     return method, value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds >= 0")
+    return value
+
+
 def _queue_path(text: str) -> str:
-    if not QUEUE_NAME.match(text):
+    if not QUEUE_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a queue path: projects/P/locations/L/queues/Q")
     return text
 
@@ -76,9 +88,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pulumi-stack", action="append", default=[], metavar="STACK",
                         help="create the queue of Pulumi.<STACK>.yaml with its rate and retry settings (repeatable)")
     parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help="where Pulumi.yaml is")
-    parser.add_argument("--task-tombstone-seconds", type=float, default=3600.0,
+    parser.add_argument("--task-tombstone-seconds", type=_seconds, default=3600.0,
                         help="how long a finished or deleted task's name stays reserved (default 3600)")
-    parser.add_argument("--queue-tombstone-seconds", type=float, default=7 * 86400.0,
+    parser.add_argument("--queue-tombstone-seconds", type=_seconds, default=7 * 86400.0,
                         help="how long a deleted queue's name stays blocked (default 7 days; 0 for never)")
     parser.add_argument("--ignore-rate-limits", action="store_true",
                         help="dispatch as fast as targets answer (concurrency limits still apply)")
@@ -105,11 +117,11 @@ async def serve(args: argparse.Namespace) -> None:
     await server.start()
     for queue in queues:
         logging.getLogger("emulator").info("queue ready: %s", queue.name)
-    print(server.ready_line, flush=True)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the ready line: a stop right after it is clean
         loop.add_signal_handler(signum, stopping.set)
+    print(server.ready_line, flush=True)
     await stopping.wait()
     await server.stop()
 
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(args))
-    except OSError as error:
+    except (OSError, StateFileError) as error:
         print(f"emulator: cannot start: {error}", file=sys.stderr)
         return 2
     except ValueError as error:

@@ -21,10 +21,17 @@ from multidict import CIMultiDict
 from emulator.clock import Clock
 from emulator.engine import Attempt, Engine, QueueState, TaskState
 from emulator.tokens import TokenIssuer
+from emulator.validation import FRAMING_HEADER
 
 log = logging.getLogger("emulator.dispatch")
 
 UNREACHABLE, TIMED_OUT = 502, 504
+RESPONSE_BYTES_READ = 64 * 1024
+"""How much of a target's response body is read (the rest is not: the connection is closed); the first
+RESPONSE_BYTES_KEPT of it are kept in the attempt record."""
+RESPONSE_BYTES_KEPT = 1024
+STORAGE_RETRY_SECONDS = 0.5
+"""Real time between tries to save dispatch outcomes the state file could not take."""
 OAUTH_PLACEHOLDER_TOKEN = "ya29.tasklane-emulator-oauth-token"  # the emulator cannot mint Google access tokens
 
 
@@ -72,6 +79,8 @@ class AttemptRecord:
     outcome: str = "in_flight"
     error: str | None = None
     finished: float | None = None
+    response_body: str | None = None
+    """The start of the target's answer (at most RESPONSE_BYTES_KEPT bytes, decoded leniently)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,6 +122,13 @@ class Dispatcher:
         if self._session is not None:
             await self._session.close()
 
+    def prune(self, before: float) -> None:
+        """Forget attempt records of attempts that finished before `before` (they are kept for as long as a
+        finished task's name is reserved, and at most `attempts_kept` of them)."""
+        while self.attempts and self.attempts[0].finished is not None and self.attempts[0].finished < before:
+            self.attempts.popleft()
+        self.tokens.prune()
+
     def _runtime(self, queue: QueueState) -> QueueRuntime:
         limits = queue.queue.rate_limits
         runtime = self.runtimes.get(queue.name)
@@ -128,11 +144,12 @@ class Dispatcher:
         while True:
             self._woken.clear()
             try:
+                self.engine.save_unsaved()
                 wake_at = self._dispatch_due()
             except Exception:  # noqa: BLE001 - one bad task must not stop dispatch for every queue
                 log.exception("dispatch loop error; continuing")
                 wake_at = self.clock.now() + 0.1
-            await self._sleep(wake_at)
+            await self._sleep(wake_at, retry_storage=self.engine.unsaved > 0)
 
     def _dispatch_due(self) -> float | None:
         """Start every attempt that may start now; return when to look again (None: when woken)."""
@@ -162,10 +179,12 @@ class Dispatcher:
         self.engine.persist(started)
         return wake_at
 
-    async def _sleep(self, until: float | None) -> None:
+    async def _sleep(self, until: float | None, retry_storage: bool = False) -> None:
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._woken.wait())}
         if until is not None:
             waiters.add(asyncio.ensure_future(self.clock.sleep_until(until)))
+        if retry_storage:  # storage recovering is a real-world event, whatever the emulated clock says
+            waiters.add(asyncio.ensure_future(asyncio.sleep(STORAGE_RETRY_SECONDS)))
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -189,7 +208,9 @@ class Dispatcher:
 
     def headers_for(self, attempt: Attempt) -> CIMultiDict[str]:
         """The task's own headers (casing kept) and the X-CloudTasks-* headers (§7.1-7.7)."""
-        headers: CIMultiDict[str] = CIMultiDict(attempt.headers)
+        # Framing headers are dropped at CreateTask; also here, for tasks saved by older emulators.
+        headers: CIMultiDict[str] = CIMultiDict((key, value) for key, value in attempt.headers.items()
+                                                if not FRAMING_HEADER.fullmatch(key))
         headers["X-CloudTasks-QueueName"] = attempt.queue_id
         headers["X-CloudTasks-TaskName"] = attempt.task_id
         headers["X-CloudTasks-TaskRetryCount"] = str(attempt.retry_count)
@@ -222,8 +243,8 @@ class Dispatcher:
             if url is None:
                 record.error = "App Engine task, and no --app-engine-url to send it to"
             else:
-                status, retry_after = await self.clock.run_until(self._request(attempt, url, headers),
-                                                                 attempt.started + attempt.deadline)
+                status, retry_after, record.response_body = await self.clock.run_until(
+                    self._request(attempt, url, headers), attempt.started + attempt.deadline)
                 answered = True
         except TimeoutError:
             status, record.error = TIMED_OUT, f"no answer within the {attempt.deadline:g} s dispatch deadline"
@@ -235,12 +256,26 @@ class Dispatcher:
         record.outcome = self.engine.finish_attempt(attempt, status, retry_after, answered=answered)
         self.wake()
 
-    async def _request(self, attempt: Attempt, url: str, headers: CIMultiDict[str]) -> tuple[int, float | None]:
+    async def _request(self, attempt: Attempt, url: str, headers: CIMultiDict[str],
+                       ) -> tuple[int, float | None, str]:
+        """The status, Retry-After and the start of the body. Only RESPONSE_BYTES_READ of the body are
+        read, so a huge answer costs no memory; the connection is then closed, not reused."""
         assert self._session is not None
         async with self._session.request(attempt.method, url, headers=headers, data=attempt.body or None,
                                          allow_redirects=False) as response:
-            await response.read()
-            return response.status, _retry_after(response.headers.get("Retry-After"))
+            body = b""
+            try:
+                while len(body) < RESPONSE_BYTES_READ:
+                    chunk = await response.content.read(RESPONSE_BYTES_READ - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+            except aiohttp.ClientPayloadError:
+                pass  # the status is what counts; a broken body after it does not undo the answer
+            if not response.content.at_eof():
+                response.close()
+            return (response.status, _retry_after(response.headers.get("Retry-After")),
+                    body[:RESPONSE_BYTES_KEPT].decode("utf-8", errors="replace"))
 
 
 def _retry_after(value: str | None) -> float | None:

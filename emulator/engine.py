@@ -9,9 +9,11 @@ run on the emulator's event loop thread, so no locking is needed. Behaviour foll
 from __future__ import annotations
 
 import base64
+import bisect
 import heapq
 import http
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +26,9 @@ from google.rpc import code_pb2
 from emulator import errors
 from emulator.clock import Clock
 from emulator.retry import policy_of
-from emulator.store import Store, StoredTask
+from emulator.store import StorageError, Store, StoredTask
 from emulator.validation import (
+    MAX_TIMESTAMP_SECONDS,
     Queue,
     Task,
     apply_queue_defaults,
@@ -39,6 +42,7 @@ from emulator.validation import (
     with_view,
 )
 
+log = logging.getLogger("emulator.engine")
 QueueStateEnum = queue_types.Queue.State
 RUNNING, PAUSED = QueueStateEnum.RUNNING, QueueStateEnum.PAUSED
 DEFAULT_TASK_TOMBSTONE_SECONDS = 3600.0  # §5.2: configurable, 1 h by default
@@ -151,6 +155,11 @@ class Engine:
         self._queue_tombstones: dict[str, float] = {}
         self._sequence = itertools.count()
         self._run_requested: set[str] = set()
+        self._unsaved: set[str] = set()
+        """Tasks whose state on disk is behind memory: a dispatch outcome the store could not take."""
+        self._storage_failing = False
+        self._removed = 0
+        """Tasks and tombstones removed since the containers were last compacted."""
         self.on_work: Callable[[], None] = lambda: None
         """Called when something may now be due: the dispatcher wakes up."""
         self._load()
@@ -182,25 +191,81 @@ class Engine:
 
     # -- Tombstones ---------------------------------------------------------------------------------
 
-    def _tombstoned(self, tombstones: dict[str, float], kind: str, name: str) -> bool:
+    def _tombstoned(self, tombstones: dict[str, float], name: str) -> bool:
+        """Whether `name` is still reserved; expired tombstones leave the file at the next `prune`."""
         expires = tombstones.get(name)
-        if expires is None:
-            return False
-        if expires > self.clock.now():
-            return True
-        del tombstones[name]
-        self.store.forget_tombstone(kind, name)
-        return False
+        return expires is not None and expires > self.clock.now()
 
-    def _retire(self, state: TaskState) -> None:
-        """Remove a task for good (done, failed permanently, deleted, purged); its name stays reserved."""
+    def _retire(self, state: TaskState, *, rpc: bool) -> None:
+        """Remove a task for good (done, failed permanently, deleted); its name stays reserved.
+
+        For an RPC the change is on disk first or (StorageError) not made at all. For a dispatch
+        outcome memory moves on regardless and the disk catches up in `save_unsaved`."""
         until = self.clock.now() + self.task_tombstone_seconds
+        if rpc:
+            self.store.delete_task(state.name, until)
         self.tasks.pop(state.name, None)
         queue = self.queues.get(state.queue)
         if queue is not None:
             queue.tasks.discard(state.name)
         self._task_tombstones[state.name] = until
-        self.store.delete_task(state.name, until)
+        self._removed += 1
+        if not rpc:
+            self._save_outcome(state.name)
+
+    def _save_outcome(self, name: str) -> None:
+        self._unsaved.add(name)
+        self.save_unsaved()
+
+    @property
+    def unsaved(self) -> int:
+        """How many tasks' latest state is not on disk yet (storage failing); retried by `save_unsaved`."""
+        return len(self._unsaved)
+
+    def save_unsaved(self) -> bool:
+        """Write every task state the store could not take earlier, in one transaction; True when none is
+        left. A task is written as memory has it now: saved if it still exists, else deleted and tombstoned."""
+        if not self._unsaved:
+            return True
+        names = list(self._unsaved)
+        saved = [self.tasks[name].stored() for name in names if name in self.tasks]
+        removed = [(name, self._task_tombstones.get(name, self.clock.now())) for name in names
+                   if name not in self.tasks]
+        try:
+            self.store.sync_tasks(saved, removed)
+        except StorageError as error:
+            if not self._storage_failing:
+                log.warning("%s; task outcomes are kept in memory and written once it can be", error)
+            self._storage_failing = True
+            return False
+        self._unsaved.difference_update(names)
+        if self._storage_failing:
+            log.warning("the state file can be written again; %d task outcome(s) saved", len(names))
+            self._storage_failing = False
+        return True
+
+    def prune(self) -> int:
+        """Forget expired tombstones in memory and on disk, and give back the memory of removed tasks.
+        Returns how many tombstones went. Called on a schedule (`EmulatorServer`)."""
+        now = self.clock.now()
+        expired = 0
+        for tombstones in (self._task_tombstones, self._queue_tombstones):
+            gone = [name for name, expires in tombstones.items() if expires <= now]
+            for name in gone:
+                del tombstones[name]
+            expired += len(gone)
+        self.store.prune_tombstones(now)
+        self._removed += expired
+        if self._removed > 1000 and self._removed > len(self.tasks) + len(self._task_tombstones):
+            # Python's dicts and sets keep their peak size; copies are sized to what is left.
+            self.tasks = dict(self.tasks)
+            self._task_tombstones = dict(self._task_tombstones)
+            self._queue_tombstones = dict(self._queue_tombstones)
+            for queue in self.queues.values():
+                queue.tasks = set(queue.tasks)
+                queue.due = list(queue.due)
+            self._removed = 0
+        return expired
 
     # -- Queues -------------------------------------------------------------------------------------
 
@@ -224,7 +289,7 @@ class Engine:
         validate_queue_config(queue)
         if name.path in self.queues:
             raise errors.queue_already_exists()
-        if self._tombstoned(self._queue_tombstones, "queue", name.path):
+        if self._tombstoned(self._queue_tombstones, name.path):
             raise errors.queue_recently_deleted()
         return self._install_queue(queue)
 
@@ -235,8 +300,9 @@ class Engine:
         created.state = RUNNING
         created.ClearField("purge_time")
         state = QueueState(created)
+        shown = self._save_queue(state)
         self.queues[state.name] = state
-        return self._save_queue(state)
+        return shown
 
     def update_queue(self, queue: Any, update_mask: field_mask_pb2.FieldMask) -> Any:
         """UpdateQueue is an upsert (§10.6): it creates a missing queue; it never changes the state."""
@@ -244,23 +310,26 @@ class Engine:
         validate_queue_config(queue)
         existing = self.queues.get(name.path)
         if existing is None:
-            if self._tombstoned(self._queue_tombstones, "queue", name.path):
+            if self._tombstoned(self._queue_tombstones, name.path):
                 raise errors.queue_recently_deleted()
             return self._install_queue(queue)
         updated = Queue()
         updated.CopyFrom(existing.queue)
-        paths = list(update_mask.paths) or list(UPDATABLE_QUEUE_FIELDS)
-        for path in paths:
-            top = path.split(".")[0]
-            if top not in UPDATABLE_QUEUE_FIELDS:
-                raise errors.invalid(f"Invalid update_mask path: '{path}'.")  # inferred
-            _copy_path(queue, updated, path)
+        mask = field_mask_pb2.FieldMask(paths=list(update_mask.paths) or list(UPDATABLE_QUEUE_FIELDS))
+        for path in mask.paths:
+            single = field_mask_pb2.FieldMask(paths=[path])
+            if path.split(".")[0] not in UPDATABLE_QUEUE_FIELDS or not single.IsValidForDescriptor(Queue.DESCRIPTOR):
+                raise errors.invalid(f"Invalid update_mask path: '{path}'. Paths name fields of Queue under "
+                                     f"{', '.join(UPDATABLE_QUEUE_FIELDS)}, e.g. "
+                                     "'rate_limits.max_dispatches_per_second'.")  # inferred
+        mask.MergeMessage(queue, updated, replace_message_field=True, replace_repeated_field=True)
         validate_queue_config(updated)
         apply_queue_defaults(updated)
         updated.rate_limits.max_burst_size = burst_size(updated.rate_limits.max_dispatches_per_second)
+        shown = self._save_queue(QueueState(updated))
         existing.queue = updated
         self.on_work()
-        return self._save_queue(existing)
+        return shown
 
     def get_queue(self, name: str) -> Any:
         parse_queue_name(name)
@@ -272,19 +341,19 @@ class Engine:
         names = sorted(name for name in self.queues if name.startswith(parent + "/queues/"))
         if wanted_state is not None:
             names = [n for n in names if self.queues[n].queue.state == wanted_state]
-        page, token = _page(names, page_size or MAX_QUEUES_PAGE, MAX_QUEUES_PAGE, page_token)
+        page, token = _page(names, page_size, MAX_QUEUES_PAGE, page_token, f"queues\n{parent}\n{filter_}")
         return [_copy(self.queues[n].queue) for n in page], token
 
     def delete_queue(self, name: str) -> None:
         parse_queue_name(name)
         queue = self._queue(name, errors.entity_not_found)
         until = self.clock.now() + self.queue_tombstone_seconds
+        self.store.delete_queue(name, until)
         for task_name in list(queue.tasks):
             self.tasks.pop(task_name, None)
         del self.queues[name]
         if self.queue_tombstone_seconds > 0:
             self._queue_tombstones[name] = until
-        self.store.delete_queue(name, until)
 
     def pause_queue(self, name: str) -> Any:
         return self._set_state(name, PAUSED)
@@ -295,24 +364,30 @@ class Engine:
     def _set_state(self, name: str, state: int) -> Any:
         parse_queue_name(name)
         queue = self._queue(name)
-        queue.queue.state = state
+        changed = _copy(queue.queue)
+        changed.state = state
+        shown = self._save_queue(QueueState(changed))
+        queue.queue = changed
         self.on_work()
-        return self._save_queue(queue)
+        return shown
 
     def purge_queue(self, name: str) -> Any:
         """Deletes every task created before the call (§10.3); their names stay reserved (§5.4)."""
         parse_queue_name(name)
         queue = self._queue(name)
         now = self.clock.now()
-        queue.queue.purge_time.FromMicroseconds(int(now * 1_000_000))
+        purged_queue = _copy(queue.queue)
+        purged_queue.purge_time.FromMicroseconds(int(now * 1_000_000))
         until = now + self.task_tombstone_seconds
         purged = [n for n in queue.tasks if self.tasks[n].task.create_time.seconds <= now]
+        self.store.delete_tasks(purged, until, queue=(name, purged_queue.SerializeToString()))
         for task_name in purged:
             self.tasks.pop(task_name, None)
             queue.tasks.discard(task_name)
             self._task_tombstones[task_name] = until
-        self.store.delete_tasks(purged, until)
-        return self._save_queue(queue)
+        self._removed += len(purged)
+        queue.queue = purged_queue
+        return _copy(purged_queue)
 
     # -- Tasks --------------------------------------------------------------------------------------
 
@@ -323,11 +398,10 @@ class Engine:
         if new.name:
             task_id_of(new.name, parent)
         queue = self._queue(parent)
-        now = self.clock.now()
-        normalise_new_task(new, now)
-        if not new.name:
+        if not new.name:  # before validation: the 1 MiB limit counts the generated name too (§6.1)
             new.name = f"{parent}/tasks/{new_task_id()}"
-        if new.name in self.tasks or self._tombstoned(self._task_tombstones, "task", new.name):
+        normalise_new_task(new, self.clock.now())
+        if new.name in self.tasks or self._tombstoned(self._task_tombstones, new.name):
             raise errors.task_already_exists()
         state = TaskState(new, queue.name)
         self.store.put_task(state.stored())
@@ -344,7 +418,7 @@ class Engine:
     def get_task(self, name: str, view: int) -> Any:
         state = self.tasks.get(name)
         if state is None:
-            if self._tombstoned(self._task_tombstones, "task", name):
+            if self._tombstoned(self._task_tombstones, name):
                 raise errors.task_recently_deleted()
             raise errors.entity_not_found()
         return with_view(state.task, view)
@@ -352,11 +426,11 @@ class Engine:
     def list_tasks(self, parent: str, view: int, page_size: int, page_token: str) -> tuple[list[Any], str]:
         parse_queue_name(parent)
         queue = self._queue(parent)
-        page, token = _page(sorted(queue.tasks), page_size or MAX_TASKS_PAGE, MAX_TASKS_PAGE, page_token)
+        page, token = _page(sorted(queue.tasks), page_size, MAX_TASKS_PAGE, page_token, f"tasks\n{parent}")
         return [with_view(self.tasks[name].task, view) for name in page], token
 
     def delete_task(self, name: str) -> None:
-        self._retire(self._task(name))
+        self._retire(self._task(name), rpc=True)
 
     def run_task(self, name: str, view: int) -> tuple[Any, TaskState]:
         """Marks the task for immediate dispatch, ignoring schedule, pause and rate limits (§10.5)."""
@@ -412,7 +486,7 @@ class Engine:
         state.in_flight = True
         state.run_requested = False
         if persist:
-            self.store.put_task(state.stored())
+            self.persist([state])
         kind = task.WhichOneof("message_type")
         request = getattr(task, kind)
         oidc = request.oidc_token if kind == "http_request" and request.HasField("oidc_token") else None
@@ -433,8 +507,10 @@ class Engine:
             previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
 
     def persist(self, states: list[TaskState]) -> None:
+        """Save attempts that are starting; if the store fails, they are saved later (`save_unsaved`)."""
         if states:
-            self.store.put_tasks([state.stored() for state in states])
+            self._unsaved.update(state.name for state in states)
+            self.save_unsaved()
 
     def finish_attempt(self, attempt: Attempt, status: int, retry_after: float | None, *, answered: bool = True,
                        ) -> str:
@@ -456,7 +532,7 @@ class Engine:
             task.response_count += 1
             last.response_time.FromMicroseconds(int(now * 1_000_000))
         if answered and 200 <= status < 300:
-            self._retire(state)
+            self._retire(state, rpc=False)
             return "succeeded"
         if answered and status < 500:
             state.execution_count += 1
@@ -466,12 +542,13 @@ class Engine:
         policy = policy_of(self.queues[state.queue].queue)
         first = task.first_attempt.dispatch_time
         if policy.gives_up(task.dispatch_count, first.seconds + first.nanos / 1e9, now):
-            self._retire(state)
+            self._retire(state, rpc=False)
             return "gave_up"
         failed_at = attempt.started if attempt.forced else now
-        next_time = policy.next_attempt(task.dispatch_count, failed_at, status, retry_after)
+        next_time = min(policy.next_attempt(task.dispatch_count, failed_at, status, retry_after),
+                        float(MAX_TIMESTAMP_SECONDS))
         task.schedule_time.FromMicroseconds(int(next_time * 1_000_000))
-        self.store.put_task(state.stored())
+        self._save_outcome(state.name)
         self._push(self.queues[state.queue], state)
         self.on_work()
         return "retrying"
@@ -483,19 +560,6 @@ def _copy(message: Any) -> Any:
     return copied
 
 
-def _copy_path(source: Any, target: Any, path: str) -> None:
-    *parents, leaf = path.split(".")
-    for part in parents:
-        source, target = getattr(source, part), getattr(target, part)
-    value = getattr(source, leaf)
-    if hasattr(value, "CopyFrom"):
-        getattr(target, leaf).CopyFrom(value)
-        if not source.HasField(leaf):
-            target.ClearField(leaf)
-    else:
-        setattr(target, leaf, value)
-
-
 def _state_filter(filter_: str) -> Any:
     if not filter_.strip():
         return None
@@ -505,16 +569,25 @@ def _state_filter(filter_: str) -> Any:
     return int(getattr(QueueStateEnum, value.strip()))
 
 
-def _page(names: list[str], size: int, most: int, token: str) -> tuple[list[str], str]:
-    """A page of sorted `names` after the one encoded in `token`, and the next token ("" at the end)."""
-    size = min(size, most)
+def _page(names: list[str], size: int, most: int, token: str, listing: str) -> tuple[list[str], str]:
+    """A page of sorted `names` after the one encoded in `token`, and the next token ("" at the end).
+
+    A token names the listing it came from and the last name returned, so every name is listed exactly
+    once however the pages are sized; a token from another listing, or garbage, is refused (§6.8)."""
+    if size < 0:
+        raise errors.invalid(f"page_size must not be negative, got {size}; use 0 for the default of {most}, "
+                             f"or at most {most}.")  # inferred
+    size = min(size or most, most)
     start = 0
     if token:
         try:
-            after = base64.urlsafe_b64decode(token.encode()).decode()
+            kind, _, after = base64.urlsafe_b64decode(token.encode("ascii")).decode().rpartition("\n")
         except ValueError:
-            raise errors.invalid("Invalid page_token.") from None  # inferred
-        start = next((i for i, name in enumerate(names) if name > after), len(names))
+            kind, after = "", ""
+        if kind != listing or not after:
+            raise errors.invalid("Invalid page_token: it must be the next_page_token of an earlier call with the "
+                                 "same parent and filter.")  # inferred
+        start = bisect.bisect_right(names, after)
     page = names[start:start + size]
     more = start + size < len(names)
-    return page, base64.urlsafe_b64encode(page[-1].encode()).decode() if more and page else ""
+    return page, base64.urlsafe_b64encode(f"{listing}\n{page[-1]}".encode()).decode() if more and page else ""

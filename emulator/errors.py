@@ -98,3 +98,11 @@ def invalid_parent(parent: str) -> ApiError:
 
 def unimplemented(method: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by the Tasklane emulator.")
+
+
+def storage_failed(reason: str, full: bool) -> ApiError:
+    """A write to the state file failed and nothing was changed: RESOURCE_EXHAUSTED when the disk is full
+    (gRPC's code for an exhausted file system), else UNAVAILABLE; both are worth retrying later."""
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE
+    return ApiError(code, f"The emulator could not save the change, and made none: {reason}. "
+                          "Free disk space (or fix the state file) and retry.")

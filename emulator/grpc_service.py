@@ -18,8 +18,9 @@ from google.rpc import status_pb2
 
 from emulator.dispatcher import Dispatcher
 from emulator.engine import Engine
-from emulator.errors import ApiError, unimplemented
+from emulator.errors import ApiError, storage_failed, unimplemented
 from emulator.faults import Faults
+from emulator.store import StorageError
 
 SERVICE = "google.cloud.tasks.v2.CloudTasks"
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -114,7 +115,10 @@ class CloudTasksService:
         async def serve(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 await self.faults.before(name)
-                return call(request)
+                try:
+                    return call(request)
+                except StorageError as failure:
+                    raise storage_failed(str(failure), failure.full) from None
             except ApiError as error:
                 status = status_pb2.Status(code=error.code.value[0], message=error.message, details=error.details)
                 await context.abort(error.code, error.message,

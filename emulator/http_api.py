@@ -4,9 +4,10 @@ Google's), health, and an inspection API over queues, tasks and every dispatch a
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,6 +19,18 @@ from emulator.dispatcher import Dispatcher
 from emulator.engine import Engine
 from emulator.faults import Faults
 from emulator.tokens import TokenIssuer
+
+
+async def _json(request: Request) -> Any:
+    """The request's JSON body; ValueError (with what is wrong) for anything else."""
+    try:
+        return json.loads(await request.body(), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"the body is not valid JSON: {error}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def create_http_app(engine: Engine, dispatcher: Dispatcher, tokens: TokenIssuer, faults: Faults,
@@ -64,9 +77,12 @@ def create_http_app(engine: Engine, dispatcher: Dispatcher, tokens: TokenIssuer,
             if not isinstance(engine.clock, ManualClock):
                 return JSONResponse({"error": "the emulator runs on the system clock; start it with "
                                               "--manual-clock to move time"}, status_code=409)
-            body = await request.json()
+            try:
+                body = await _json(request)
+            except ValueError as error:
+                return JSONResponse({"error": str(error)}, status_code=400)
             seconds = body.get("seconds") if isinstance(body, dict) else None
-            if not isinstance(seconds, int | float) or seconds < 0:
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds < math.inf:
                 return JSONResponse({"error": "send {\"seconds\": N} with N >= 0"}, status_code=400)
             engine.clock.advance(float(seconds))
             dispatcher.wake()
@@ -74,14 +90,10 @@ def create_http_app(engine: Engine, dispatcher: Dispatcher, tokens: TokenIssuer,
 
     async def faults_route(request: Request) -> JSONResponse:
         if request.method == "PUT":
-            body = await request.json()
             try:
-                faults.latency = {str(k): float(v) for k, v in dict(body.get("latency", {})).items()}
-                faults.error_rate = float(body.get("errorRate", 0.0))
-                faults.error_code = grpc.StatusCode[str(body.get("errorCode", "UNAVAILABLE"))]
-                faults.__post_init__()
-            except (TypeError, ValueError, KeyError, AttributeError) as error:
-                return JSONResponse({"error": f"invalid faults: {error}"}, status_code=400)
+                faults.apply(Faults.from_json(await _json(request)))
+            except ValueError as error:
+                return JSONResponse({"error": f"invalid faults, nothing changed: {error}"}, status_code=400)
         return JSONResponse({"latency": faults.latency, "errorRate": faults.error_rate,
                              "errorCode": faults.error_code.name})
 

@@ -7,14 +7,17 @@ code and tests, which runs the loop in a background thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import uvicorn
+from google.protobuf.message import DecodeError
 
 from emulator.clock import Clock, SystemClock
 from emulator.dispatcher import Dispatcher
@@ -22,7 +25,7 @@ from emulator.engine import DEFAULT_QUEUE_TOMBSTONE_SECONDS, DEFAULT_TASK_TOMBST
 from emulator.faults import Faults
 from emulator.grpc_service import CloudTasksService
 from emulator.http_api import create_http_app
-from emulator.store import Store
+from emulator.store import StateFileError, StorageError, Store
 from emulator.tokens import TokenIssuer
 
 log = logging.getLogger("emulator")
@@ -45,6 +48,15 @@ class EmulatorConfig:
     faults: Faults = field(default_factory=Faults)
     queues: list[Any] = field(default_factory=list)
     """Queue messages to create (or update) at start."""
+    prune_interval_seconds: float | None = None
+    """How often expired tombstones and old attempt records are dropped (emulated time); by default a
+    quarter of the task tombstone window, between 1 s and 60 s."""
+
+    @property
+    def prune_interval(self) -> float:
+        if self.prune_interval_seconds is not None:
+            return self.prune_interval_seconds
+        return min(60.0, max(1.0, self.task_tombstone_seconds / 4))
 
 
 class EmulatorServer:
@@ -61,6 +73,8 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
+        self._http_socket: socket.socket | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -77,16 +91,36 @@ class EmulatorServer:
                 f"export {EMULATOR_HOST_VARIABLE}={self.grpc_target}")
 
     async def start(self) -> None:
+        """Start serving. Raises StateFileError or OSError with a one-line reason (state file unusable or
+        locked, a port taken), having released whatever it had opened."""
+        try:
+            await self._start()
+        except BaseException:
+            if self._http_socket is not None:
+                self._http_socket.close()
+            if self.store is not None:
+                self.store.close()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
-        http_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._http_socket = http_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         http_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        http_socket.bind((config.host, config.http_port))
+        try:
+            http_socket.bind((config.host, config.http_port))
+        except OSError as error:
+            raise OSError(f"cannot listen for HTTP on {config.host}:{config.http_port}: "
+                          f"{error.strerror or error}") from None
         self.http_port = http_socket.getsockname()[1]
 
         self.store = Store(config.state_file)
-        self.engine = Engine(self.store, config.clock, task_tombstone_seconds=config.task_tombstone_seconds,
-                             queue_tombstone_seconds=config.queue_tombstone_seconds)
-        tokens = TokenIssuer(self.store, config.clock, issuer=self.http_url)
+        try:
+            self.engine = Engine(self.store, config.clock, task_tombstone_seconds=config.task_tombstone_seconds,
+                                 queue_tombstone_seconds=config.queue_tombstone_seconds)
+            tokens = TokenIssuer(self.store, config.clock, issuer=self.http_url)
+        except (sqlite3.Error, StorageError, DecodeError, ValueError, TypeError) as error:
+            raise StateFileError(f"the state file {config.state_file} cannot be used: it holds data this emulator "
+                                 f"cannot read ({type(error).__name__}: {error})") from None
         self.dispatcher = Dispatcher(self.engine, tokens, config.clock,
                                      enforce_rate_limits=config.enforce_rate_limits,
                                      app_engine_url=config.app_engine_url)
@@ -99,9 +133,20 @@ class EmulatorServer:
                                               ("grpc.so_reuseport", 0)])
         self._grpc.add_generic_rpc_handlers((CloudTasksService(self.engine, self.dispatcher,
                                                                config.faults).handlers(),))
-        self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        if config.grpc_port:  # a clear reason now, rather than gRPC's own log line and a bare failure
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((config.host, config.grpc_port))
+                except OSError as error:
+                    raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}: "
+                                  f"{error.strerror or error}") from None
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        except RuntimeError:
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}")
+            raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}: address in use or "
+                          "not available")
         await self._grpc.start()
 
         app = create_http_app(self.engine, self.dispatcher, tokens, config.faults, self.http_url)
@@ -110,9 +155,27 @@ class EmulatorServer:
         while not self._http.started:
             await asyncio.sleep(0.005)
         await self.dispatcher.start()
+        self._housekeeping = asyncio.create_task(self._prune_on_schedule(), name="housekeeping")
         self._stopped = asyncio.Event()
 
+    async def _prune_on_schedule(self) -> None:
+        """Expired tombstones and old attempt records leave memory and the state file on a schedule, so
+        neither grows with the number of tasks ever handled."""
+        assert self.engine is not None and self.dispatcher is not None
+        clock = self.config.clock
+        while True:
+            await clock.sleep_until(clock.now() + self.config.prune_interval)
+            try:
+                self.engine.prune()
+            except StorageError as error:
+                log.warning("could not prune tombstones: %s; trying again later", error)
+            self.dispatcher.prune(clock.now() - self.config.task_tombstone_seconds)
+
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         if self._grpc is not None:

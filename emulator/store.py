@@ -3,11 +3,18 @@
 Every change is committed before the RPC that made it answers, in WAL mode, so an accepted task
 survives `kill -9` and a task answered 2xx is not delivered again after a restart. `path=None` keeps
 everything in memory (tests).
+
+One emulator owns a state file at a time: it holds an exclusive lock on `<state file>.lock` (which
+records its pid) for as long as it runs, and a second one refuses to start. A write that fails (a full
+disk, a read-only file) raises `StorageError` and leaves the file as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +29,21 @@ CREATE TABLE IF NOT EXISTS tombstones (kind TEXT NOT NULL, name TEXT NOT NULL, e
                                        PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+Statement = tuple[str, tuple[Any, ...]]
+
+
+class StateFileError(Exception):
+    """The state file cannot be used at all (locked by another emulator, corrupt, unreadable): the
+    emulator does not start. The message is one line naming the file."""
+
+
+class StorageError(Exception):
+    """A write to the state file failed; nothing of it was kept. `full` when the disk (or the
+    database's size limit) is full."""
+
+    def __init__(self, message: str, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 @dataclass
@@ -32,34 +54,79 @@ class StoredTask:
     meta: dict[str, Any]
 
 
+def _lock(path: str) -> int:
+    """Hold `<path>.lock` exclusively for the life of the process (released by the kernel on exit, even
+    after kill -9), with our pid in it for whoever finds it taken."""
+    lock_path = f"{path}.lock"
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise StateFileError(f"cannot open the lock file {lock_path}: {error.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise StateFileError(f"the state file {path} is in use by another emulator (pid {holder}); stop it or pass "
+                             "another --state-file") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
+
+
 class Store:
     def __init__(self, path: str | None = None) -> None:
         self.path = path
-        self._db = sqlite3.connect(path or ":memory:", isolation_level=None, check_same_thread=False)
-        if path:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._lock_descriptor = _lock(path) if path else None
+        try:
+            self._db = sqlite3.connect(path or ":memory:", isolation_level=None, check_same_thread=False)
+            if path:
+                if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                    # Freed pages go back to the file system when tombstones are pruned (PRAGMA
+                    # incremental_vacuum); an existing file is converted once.
+                    self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                    self._db.execute("VACUUM")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self._db.execute("SELECT count(*) FROM tasks").fetchone()
+            if path:  # a read-only file or full disk is found now, not at the first task
+                self._write([("INSERT OR REPLACE INTO settings VALUES ('opened_by_pid', ?)", (str(os.getpid()),))])
+        except (sqlite3.Error, StorageError) as error:
+            self.close()
+            reason = error.__cause__ if isinstance(error, StorageError) else error
+            raise StateFileError(f"the state file {path} cannot be used: {reason}") from None
 
     def close(self) -> None:
-        self._db.close()
+        with contextlib.suppress(AttributeError, sqlite3.Error):
+            self._db.close()
+        if self._lock_descriptor is not None:
+            os.close(self._lock_descriptor)
+            self._lock_descriptor = None
 
-    def _transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        self._db.execute("BEGIN")
+    def _write(self, statements: list[Statement], many: tuple[str, list[tuple[Any, ...]]] | None = None) -> None:
+        """One transaction: all of it is kept, or (StorageError) none of it."""
         try:
+            self._db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
                 self._db.execute(sql, args)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            if many is not None:
+                self._db.executemany(*many)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+            raise StorageError(f"the state file {self.path or '(memory)'} could not be written: {error}",
+                               full) from error
 
     # Queues
     def put_queue(self, name: str, data: bytes) -> None:
-        self._db.execute("INSERT OR REPLACE INTO queues VALUES (?, ?)", (name, data))
+        self._write([("INSERT OR REPLACE INTO queues VALUES (?, ?)", (name, data))])
 
     def delete_queue(self, name: str, tombstone_until: float) -> None:
-        self._transaction([
+        self._write([
             ("DELETE FROM queues WHERE name = ?", (name,)),
             ("DELETE FROM tasks WHERE queue = ?", (name,)),
             ("INSERT OR REPLACE INTO tombstones VALUES ('queue', ?, ?)", (name, tombstone_until)),
@@ -69,33 +136,38 @@ class Store:
         yield from self._db.execute("SELECT name, data FROM queues")
 
     # Tasks
+    @staticmethod
+    def _row(task: StoredTask) -> tuple[Any, ...]:
+        return task.name, task.queue, task.data, json.dumps(task.meta)
+
     def put_task(self, task: StoredTask) -> None:
-        self._db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)",
-                         (task.name, task.queue, task.data, json.dumps(task.meta)))
+        self._write([("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", self._row(task))])
 
     def put_tasks(self, tasks: list[StoredTask]) -> None:
         """Several tasks in one transaction."""
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)",
-                                 [(t.name, t.queue, t.data, json.dumps(t.meta)) for t in tasks])
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        self._write([], ("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", [self._row(t) for t in tasks]))
 
     def delete_task(self, name: str, tombstone_until: float) -> None:
-        self._transaction([
-            ("DELETE FROM tasks WHERE name = ?", (name,)),
-            ("INSERT OR REPLACE INTO tombstones VALUES ('task', ?, ?)", (name, tombstone_until)),
-        ])
+        self.delete_tasks([name], tombstone_until)
 
-    def delete_tasks(self, names: list[str], tombstone_until: float) -> None:
-        statements: list[tuple[str, tuple[Any, ...]]] = []
+    def delete_tasks(self, names: list[str], tombstone_until: float, queue: tuple[str, bytes] | None = None) -> None:
+        """Remove tasks, leaving tombstones; with `queue` (name, data), save that queue in the same transaction."""
+        statements: list[Statement] = []
         for name in names:
             statements.append(("DELETE FROM tasks WHERE name = ?", (name,)))
             statements.append(("INSERT OR REPLACE INTO tombstones VALUES ('task', ?, ?)", (name, tombstone_until)))
-        self._transaction(statements)
+        if queue is not None:
+            statements.append(("INSERT OR REPLACE INTO queues VALUES (?, ?)", queue))
+        self._write(statements)
+
+    def sync_tasks(self, saved: list[StoredTask], removed: list[tuple[str, float]]) -> None:
+        """Bring tasks on disk in line with memory in one transaction: `saved` written, `removed`
+        (name, tombstone expiry) deleted and tombstoned."""
+        statements: list[Statement] = []
+        for name, until in removed:
+            statements.append(("DELETE FROM tasks WHERE name = ?", (name,)))
+            statements.append(("INSERT OR REPLACE INTO tombstones VALUES ('task', ?, ?)", (name, until)))
+        self._write(statements, ("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", [self._row(t) for t in saved]))
 
     def tasks(self) -> Iterator[StoredTask]:
         for name, queue, data, meta in self._db.execute("SELECT name, queue, data, meta FROM tasks"):
@@ -105,8 +177,16 @@ class Store:
     def tombstones(self, kind: str) -> Iterator[tuple[str, float]]:
         yield from self._db.execute("SELECT name, expires FROM tombstones WHERE kind = ?", (kind,))
 
-    def forget_tombstone(self, kind: str, name: str) -> None:
-        self._db.execute("DELETE FROM tombstones WHERE kind = ? AND name = ?", (kind, name))
+    def prune_tombstones(self, now: float) -> int:
+        """Forget every tombstone expired by `now` and give the freed space back; how many went."""
+        before = self._db.total_changes
+        self._write([("DELETE FROM tombstones WHERE expires <= ?", (now,))])
+        pruned = self._db.total_changes - before
+        if self.path and (pruned or self._db.execute("PRAGMA freelist_count").fetchone()[0] > 256):
+            with contextlib.suppress(sqlite3.Error):  # shrinking is an optimisation; the next prune retries
+                self._db.executescript("PRAGMA incremental_vacuum;")  # steps to the end: one page per step
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return pruned
 
     # Settings (the token signing key)
     def setting(self, key: str) -> str | None:
@@ -114,4 +194,4 @@ class Store:
         return None if row is None else str(row[0])
 
     def put_setting(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
+        self._write([("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))])

@@ -85,6 +85,11 @@ class TokenIssuer:
         self._recent[(email, audience)] = (now, token)
         return token
 
+    def prune(self) -> None:
+        """Forget tokens too old to be reused (one per account and audience ever seen otherwise)."""
+        now = self.clock.now()
+        self._recent = {key: value for key, value in self._recent.items() if now - value[0] < TOKEN_REUSE_SECONDS}
+
     def jwks(self) -> dict[str, Any]:
         return {"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.key_id,
                           "n": _b64url_uint(self._public_numbers.n), "e": _b64url_uint(self._public_numbers.e)}]}
