@@ -3,15 +3,21 @@
 Cloud Tasks retries every answer that is not 2xx, 4xx included, so the answer is chosen by what should
 happen next:
 
-| outcome                                   | from Cloud Tasks                  | called directly |
-|-------------------------------------------|-----------------------------------|-----------------|
-| done, or a duplicate of a done task        | 200                               | 200             |
-| can never succeed (bad body, unknown action, too large, RejectTask) | 200 `rejected`, dead-lettered | 400 / 413 |
-| transient failure (RetryableError)        | 503, Retry-After when known       | 503             |
-| unexpected exception                      | 500, traceback logged             | 500             |
-| same task running in another delivery     | 409, Retry-After                  | 409             |
+| outcome                                     | from Cloud Tasks                  | called directly |
+|---------------------------------------------|-----------------------------------|-----------------|
+| done, or a duplicate of a done task         | 200                               | 200             |
+| can never succeed (*)                       | 200 `rejected`, dead-lettered     | 400 / 413       |
+| transient failure (RetryableError)          | 503, Retry-After when known       | 503             |
+| token signing keys cannot be had now        | 503                               | 503             |
+| unexpected exception anywhere (a bug)       | 500, traceback logged             | 500             |
+| same task running in another delivery       | 409, Retry-After                  | 409             |
+| token missing, invalid or for someone else  | 401 / 403, never dead-lettered    | 401 / 403       |
 
-A failure on the final attempt is dead-lettered before answering, because Cloud Tasks then drops it.
+(*) a body that is not a valid order, whatever its bytes (not UTF-8, not JSON, nested too deeply, the
+wrong fields); an unknown action; a body over the task size limit (413); an action's RejectTask.
+
+A failure on the final attempt is dead-lettered before answering, because Cloud Tasks then drops it:
+whatever failed, the action, the decoder or the handler itself.
 If the dead-letter sink fails, the task is not acknowledged, so it is retried rather than lost.
 """
 
@@ -22,11 +28,12 @@ import gc
 import math
 import threading
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -52,6 +59,13 @@ def _json(status: int, content: Mapping[str, Any], headers: Mapping[str, str] | 
     return Response(_encode(content), status_code=status, headers=headers, media_type="application/json")
 
 
+@dataclass
+class _Received:
+    """What one delivery's body turned out to be, kept for the dead letter if anything fails later."""
+
+    body: bytes = b""
+
+
 class TaskHandler:
     """Runs one task delivery from request to answer; the policy in the module docstring lives here."""
 
@@ -69,7 +83,25 @@ class TaskHandler:
         headers = request.headers
         task = TaskContext.from_headers(headers)
         trace = headers.get(TRACE_HEADER)
+        received = _Received()
+        try:
+            return await self._process(request, task, trace, received)
+        except ClientDisconnect:
+            # Nobody hears this answer; on the final attempt the task would vanish, so keep it.
+            self.log.emit("WARNING", f"task {task.task_name}: the caller left before its body arrived", task=task,
+                          trace_header=trace)
+            return await self._fail(request, task, received.body, 400, {"status": "error", "reason": "disconnected"},
+                                    {}, "the caller disconnected before the body arrived")
+        except Exception as error:  # noqa: BLE001 - a bug anywhere must fail the attempt, never lose the task
+            self.log.exception(f"handling task {task.task_name} raised {type(error).__name__}", error, task=task,
+                               trace_header=trace)
+            return await self._fail(request, task, received.body, 500,
+                                    {"status": "error", "reason": type(error).__name__}, {},
+                                    f"the handler raised {type(error).__name__}: {error}")
 
+    async def _process(self, request: Request, task: TaskContext, trace: str | None,
+                       received: _Received) -> Response:
+        headers = request.headers
         if self.verifier is not None:
             try:
                 await self.verifier.verify(headers.get("authorization"))
@@ -77,9 +109,17 @@ class TaskHandler:
                 self.log.emit("WARNING", f"refused task {task.task_name}: {refusal.reason}", task=task,
                               trace_header=trace, status=refusal.status)
                 status = {401: "unauthorized", 403: "forbidden"}.get(refusal.status, "retry")
-                return _json(refusal.status, {"status": status, "reason": refusal.reason})
+                content = {"status": status, "reason": refusal.reason}
+                if refusal.status == 503:
+                    # The token's claims were right but its signature could not be checked now: a
+                    # genuine task, probably, so its final attempt is kept like any other failure.
+                    await self._read_body(request, received)
+                    return await self._fail(request, task, received.body, 503, content, {},
+                                            f"token could not be verified: {refusal.reason}")
+                return _json(refusal.status, content)
 
-        body, too_large = await self._read_body(request)
+        too_large = await self._read_body(request, received)
+        body = received.body
         if too_large:
             reason = f"body is larger than the {self.config.max_body_bytes} bytes a task can carry"
             return await self._reject(request, task, trace, body, reason, direct_status=413)
@@ -122,18 +162,22 @@ class TaskHandler:
             await self.idempotency.succeeded(key)
         return _json(200, {"status": "done"})
 
-    async def _read_body(self, request: Request) -> tuple[bytes, bool]:
-        """The body, and whether it exceeded the limit (then only the first `max_body_bytes` are kept)."""
+    async def _read_body(self, request: Request, received: _Received) -> bool:
+        """Read the body into `received`; True if it exceeded the limit (then only the first
+        `max_body_bytes` are kept). If the caller leaves halfway, what arrived is kept."""
         limit = self.config.max_body_bytes
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                chunks.append(chunk[: max(0, limit - (size - len(chunk)))])
-                return b"".join(chunks), True
-            chunks.append(chunk)
-        return b"".join(chunks), False
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    chunks.append(chunk[: max(0, limit - (size - len(chunk)))])
+                    return True
+                chunks.append(chunk)
+            return False
+        finally:
+            received.body = b"".join(chunks)
 
     async def _reject(self, request: Request, task: TaskContext, trace: str | None, body: bytes, reason: str,
                       direct_status: int = 400, key: str | None = None) -> Response:

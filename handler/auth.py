@@ -26,6 +26,11 @@ from handler.config import HandlerConfig, TokenCheck
 
 CLOCK_SKEW_SECONDS = 30.0
 DEFAULT_KEYS_MAX_AGE = 3600.0
+MAX_KEYS_MAX_AGE = 24 * 3600.0
+"""Keys are refetched at least daily, whatever max-age the endpoint claims."""
+MAX_KEYS_BYTES = 1024 * 1024
+"""Google's key map is a few KB; a larger answer is not one."""
+KEYS_FETCH_TIMEOUT_SECONDS = 10.0
 
 CertsFetcher = Callable[[str], tuple[dict[str, str], float]]
 
@@ -44,11 +49,14 @@ def fetch_certs(url: str) -> tuple[dict[str, str], float]:
     import urllib.request  # only needed once keys are fetched, not at start-up
 
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - the configured key URL
-        keys = json.loads(response.read())
-        match = re.search(r"max-age=(\d+)", response.headers.get("Cache-Control", ""))
+        content = response.read(MAX_KEYS_BYTES + 1)
+        match = re.search(r"max-age=(\d{1,9})\b", response.headers.get("Cache-Control", ""))
+    if len(content) > MAX_KEYS_BYTES:
+        raise ValueError(f"{url} returned more than {MAX_KEYS_BYTES} bytes; a key map is a few KB")
+    keys = json.loads(content)
     if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
         raise ValueError(f"{url} did not return a {{kid: PEM}} map")
-    return keys, float(match.group(1)) if match else DEFAULT_KEYS_MAX_AGE
+    return keys, min(float(match.group(1)), MAX_KEYS_MAX_AGE) if match else DEFAULT_KEYS_MAX_AGE
 
 
 _decode_json = msgspec.json.Decoder().decode
@@ -65,7 +73,7 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
         header = _decode_json(_b64decode(header_segment))
         payload = _decode_json(_b64decode(payload_segment))
         signature = _b64decode(signature_segment)
-    except (ValueError, binascii.Error, msgspec.DecodeError):
+    except (ValueError, binascii.Error, msgspec.DecodeError, RecursionError):
         raise AuthError(401, "bearer token is not a JWT") from None
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise AuthError(401, "bearer token is not a JWT")
@@ -92,16 +100,22 @@ class TokenVerifier:
             raise AuthError(401, "missing bearer token")
         header, payload, signed, signature = _split(authorization[len("Bearer "):].strip())
         if self.config.token_check is TokenCheck.FULL:
-            await self._check_signature(header, signed, signature)
+            try:
+                await self._check_signature(header, signed, signature)
+            except AuthError as refusal:
+                if refusal.status == 503:
+                    # A token that is wrong on its face is refused now; only a plausible one is retried.
+                    self._check_claims(payload)
+                raise
         self._check_claims(payload)
         return payload
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         now = self._clock()
         expiry = claims.get("exp")
-        if not isinstance(expiry, int | float):
+        if not isinstance(expiry, int | float) or isinstance(expiry, bool):
             raise AuthError(401, "token has no expiry")
-        if now > expiry + CLOCK_SKEW_SECONDS:
+        if now - CLOCK_SKEW_SECONDS > expiry:  # not expiry + skew: a huge integer would overflow a float
             raise AuthError(401, "token expired")
         issued = claims.get("iat")
         if isinstance(issued, int | float) and issued > now + CLOCK_SKEW_SECONDS:
@@ -142,20 +156,34 @@ class TokenVerifier:
             if self._last_fetch != last_fetch:
                 return  # another request refreshed the keys while this one waited
             try:
-                keys, max_age = await asyncio.to_thread(self._fetch, self.config.token_certs_url)
-            except (OSError, ValueError) as error:
+                verifiers, max_age = await asyncio.wait_for(asyncio.to_thread(self._load_keys),
+                                                            KEYS_FETCH_TIMEOUT_SECONDS)
+            except Exception as error:  # noqa: BLE001 - whatever the endpoint did, keys cannot be had now
                 if self._verifiers:
                     # Keep verifying with the keys we have, and back off before trying again.
                     self._last_fetch = self._clock()
                     self._keys_expire_at = self._last_fetch + self._refetch_interval
                     return
-                raise AuthError(503, f"could not fetch token signing keys: {error}") from error
-            from google.auth import crypt  # imported here, off the start-up path
-
-            self._verifiers = {key_id: crypt.RSAVerifier.from_string(pem)  # type: ignore[no-untyped-call]
-                               for key_id, pem in keys.items()}
+                detail = str(error) or type(error).__name__
+                raise AuthError(503, f"could not fetch token signing keys: {detail}") from error
+            self._verifiers = verifiers
             self._last_fetch = self._clock()
             self._keys_expire_at = self._last_fetch + max_age
+
+    def _load_keys(self) -> tuple[dict[str, Any], float]:
+        """Fetch the key map and parse every key (in a worker thread); raises if any of it is unusable."""
+        from google.auth import crypt  # imported here, off the start-up path
+
+        keys, max_age = self._fetch(self.config.token_certs_url)
+        if not keys:
+            raise ValueError(f"{self.config.token_certs_url} published no keys")
+        verifiers = {}
+        for key_id, pem in keys.items():
+            try:
+                verifiers[key_id] = crypt.RSAVerifier.from_string(pem)  # type: ignore[no-untyped-call]
+            except Exception as error:  # noqa: BLE001 - a key that does not parse makes the whole map suspect
+                raise ValueError(f"key {key_id!r} is not an RSA public key or certificate in PEM: {error}") from None
+        return verifiers, max_age
 
     def warm_up(self) -> None:
         """Import the verifier's dependencies now (run in a background thread after start-up)."""

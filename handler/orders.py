@@ -24,10 +24,19 @@ _decoder = msgspec.json.Decoder(OrderRequest)
 
 
 def decode_order(body: bytes) -> OrderRequest | str:
-    """The order, or the reason the body can never be one (for the rejection and the dead letter)."""
+    """The order, or the reason the body can never be one (for the rejection and the dead letter).
+
+    Decoding is deterministic, so a body refused once is refused on every retry: each refusal here
+    makes the task poison. Anything else the decoder raises is a bug, and propagates as one.
+    """
     try:
+        body.decode()  # JSON is UTF-8 throughout, but msgspec checks only the strings it keeps
         return _decoder.decode(body)
+    except UnicodeDecodeError as error:
+        return f"body is not JSON: it is not UTF-8 ({error.reason} at byte {error.start})"
     except msgspec.ValidationError as error:
         return f"invalid order: {error}"
     except msgspec.DecodeError as error:
         return f"body is not JSON: {error}"
+    except RecursionError:
+        return "body is not JSON this handler accepts: it is nested too deeply"

@@ -7,14 +7,26 @@ signature, exp, aud, iss and email, since aud and signature alone let any Google
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from handler.config import TokenCheck
-from tests.handler.conftest import AUDIENCE, HandlerUnderTest, SigningKey, new_signing_key, task_headers
+from tests.handler.conftest import (
+    AUDIENCE,
+    INVOKER,
+    ISSUER,
+    HandlerUnderTest,
+    SigningKey,
+    new_signing_key,
+    task_headers,
+)
 
 ORDER = b'{"orderId": "o-1", "action": "update_inventory"}'
 
@@ -103,9 +115,6 @@ def test_missing_or_malformed_tokens_are_refused(full_check: HandlerUnderTest, t
 
 
 def test_an_hs256_token_is_refused(full_check: HandlerUnderTest, signing_key: SigningKey) -> None:
-    import base64
-    import json
-
     def segment(value: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
@@ -175,3 +184,46 @@ def test_health_needs_no_token(full_check: HandlerUnderTest) -> None:
 def _verifier_of(handler: HandlerUnderTest) -> Any:
     route = next(r for r in handler.client.app.routes if getattr(r, "path", "") == "/process-order")
     return route.endpoint.__self__.verifier
+
+
+# -- Property: whatever a token holds, the answer is a refusal or a pass, never a crash ---------------
+
+CLAIM_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=10**300, max_value=10**400)
+    | st.floats(allow_nan=False) | st.text(max_size=20) | st.sampled_from([AUDIENCE, ISSUER, INVOKER]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=6)
+CLAIMS = st.dictionaries(st.sampled_from(["iss", "aud", "email", "email_verified", "exp", "iat", "sub", "kid"]),
+                         CLAIM_VALUES, max_size=8)
+
+
+def _segment(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@st.composite
+def hostile_tokens(draw: st.DrawFn) -> str:
+    def part(value: Any) -> str:
+        return _segment(json.dumps(value).encode())
+
+    header = draw(st.just(part({"alg": "RS256", "kid": "key-1"})) | CLAIMS.map(part)
+                  | st.builds(lambda depth: _segment(b"[" * depth + b"]" * depth), st.integers(1, 20_000))
+                  | st.binary(max_size=30).map(_segment))
+    payload = draw(CLAIMS.map(part) | st.builds(lambda depth: _segment(b'{"a":' * depth + b"1" + b"}" * depth),
+                                                st.integers(1, 20_000)) | st.binary(max_size=30).map(_segment))
+    printable = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+    signature = draw(st.binary(max_size=300).map(_segment) | st.text(printable, max_size=20))
+    return f"{header}.{payload}.{signature}"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(token=hostile_tokens(), full=st.booleans())
+def test_any_token_is_passed_or_refused_never_a_crash(build_handler: Callable[..., HandlerUnderTest],
+                                                      signing_key: SigningKey, token: str, full: bool) -> None:
+    if full:
+        handler = build_handler(fetch_keys=KeyServer(signing_key), token_check=TokenCheck.FULL)
+    else:
+        handler = build_handler(token_check=TokenCheck.CLAIMS)
+    response = send(handler, token)
+    assert response.status_code in (200, 401, 403), response.text
+    assert handler.sink.letters == [], "a refused caller is never stored"
