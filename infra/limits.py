@@ -31,11 +31,11 @@ MIN_MEMORY_MIB_BY_CPU = {1: 128, 2: 128, 4: 2048, 6: 4096, 8: 4096}
 MAX_MEMORY_MIB_BY_CPU = {1: 4096, 2: 8192, 4: 16384, 6: 24576, 8: 32768}
 MIN_MEMORY_MIB = 128
 
-# Fractional CPU: from 0.08 up to (not including) 1, in steps of 0.01. Below 1 CPU an instance may hold at
+# Fractional CPU: from 0.08 up to (not including) 1, in steps of 0.001. Below 1 CPU an instance may hold at
 # most 512 MiB at less than 0.5 CPU (1 GiB from 0.5), serve one request at a time, and must have its CPU
 # throttled outside requests (request-based billing).
 MIN_FRACTIONAL_CPU = 0.08
-FRACTIONAL_CPU_STEP = 0.01
+FRACTIONAL_CPU_STEP = 0.001
 MAX_MEMORY_MIB_BELOW_HALF_CPU = 512
 MAX_MEMORY_MIB_BELOW_ONE_CPU = 1024
 FRACTIONAL_CPU_MAX_CONCURRENCY = 1

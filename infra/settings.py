@@ -310,7 +310,7 @@ def cloud_run_shape_problems(s: PipelineSettings) -> list[str]:
     try:
         cpu = cpu_count(s.cpu)
     except ValueError as error:
-        return [f"{cpu_key}: {error}; allowed: {whole}, or {limits.MIN_FRACTIONAL_CPU:g} to 0.99 in steps of "
+        return [f"{cpu_key}: {error}; allowed: {whole}, or {limits.MIN_FRACTIONAL_CPU:g} to 0.999 in steps of "
                 f"{limits.FRACTIONAL_CPU_STEP:g}"]
     try:
         mib = memory_mib(s.memory)
@@ -319,11 +319,11 @@ def cloud_run_shape_problems(s: PipelineSettings) -> list[str]:
     fractional = cpu < 1
     steps = cpu / limits.FRACTIONAL_CPU_STEP
     if fractional and not (cpu >= limits.MIN_FRACTIONAL_CPU and abs(steps - round(steps)) < 1e-9):
-        return [f"{cpu_key} = {s.cpu!r}: below 1 CPU Cloud Run takes {limits.MIN_FRACTIONAL_CPU:g} to 0.99 in steps "
+        return [f"{cpu_key} = {s.cpu!r}: below 1 CPU Cloud Run takes {limits.MIN_FRACTIONAL_CPU:g} to 0.999 in steps "
                 f"of {limits.FRACTIONAL_CPU_STEP:g}; otherwise one of {whole}"]
     if not fractional and cpu not in limits.MAX_MEMORY_MIB_BY_CPU:
         return [f"{cpu_key} = {s.cpu!r}: must be one of {whole}, or a fraction from {limits.MIN_FRACTIONAL_CPU:g} to "
-                "0.99"]
+                "0.999"]
 
     problems: list[str] = []
     if fractional:
