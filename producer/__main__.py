@@ -13,15 +13,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
 from google.cloud import tasks_v2
 
-from producer.config import ConfigError, ProducerConfig
+from producer.config import EMULATOR_HOST, ENVIRONMENT_KEYS, ConfigError, ProducerConfig
 from producer.producer import InvalidTask, ProducerError, TaskProducer, TaskSpec
+
+EMULATOR_CONNECT_SECONDS = 3.0
+
+
+class Unreachable(Exception):
+    """Cloud Tasks (or the local emulator) cannot be reached; the message says what to do."""
 
 
 def _config(args: argparse.Namespace) -> ProducerConfig:
@@ -29,7 +38,35 @@ def _config(args: argparse.Namespace) -> ProducerConfig:
         return ProducerConfig.from_pulumi_stack(args.stack)
     if args.outputs:
         return ProducerConfig.from_outputs_file(Path(args.outputs))
+    required = [name for key, name in ENVIRONMENT_KEYS.items() if key != "task_dispatch_deadline"]
+    missing = [name for name in required if not os.environ.get(name)]
+    if missing:
+        found = "no configuration found" if missing == required else f"{', '.join(missing)} not set"
+        raise ConfigError(f"{found}: pass --stack STACK or --outputs FILE (a saved `pulumi stack output --json`), "
+                          f"or set {', '.join(required)}; with {EMULATOR_HOST} set, tasks go to the local emulator")
     return ProducerConfig.from_environment()
+
+
+def _unreachable(config: ProducerConfig, detail: str) -> Unreachable:
+    if config.emulator_host:
+        return Unreachable(f"cannot reach the Cloud Tasks emulator at {config.emulator_host} ({EMULATOR_HOST}): "
+                           f"{detail}. Start it (`make local`, or `python -m emulator`), or point "
+                           f"{EMULATOR_HOST} at where it listens; unset it to use Google Cloud")
+    return Unreachable(f"cannot reach Cloud Tasks: {detail}. Check the network, or set {EMULATOR_HOST} to use "
+                       "the local emulator")
+
+
+def _check_emulator(config: ProducerConfig) -> None:
+    """Fail in seconds, not after the client's 20 s of retries, when the emulator is not running."""
+    if not config.emulator_host:
+        return
+    channel = grpc.insecure_channel(config.emulator_host)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=EMULATOR_CONNECT_SECONDS)
+    except grpc.FutureTimeoutError:
+        raise _unreachable(config, f"nothing answered within {EMULATOR_CONNECT_SECONDS:g} s") from None
+    finally:
+        channel.close()
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -50,7 +87,8 @@ def spec_from_line(line: str, number: int) -> TaskSpec:
     if not isinstance(item, dict) or not isinstance(item.get("action"), str):
         raise InvalidTask(f"line {number}: expected {{\"action\": str, \"payload\": {{...}}, \"dedupKey\"?, "
                           "\"taskId\"?, \"delay\"?}")
-    return TaskSpec(action=item["action"], payload=item.get("payload") or {}, task_id=item.get("taskId"),
+    payload = item.get("payload")
+    return TaskSpec(action=item["action"], payload={} if payload is None else payload, task_id=item.get("taskId"),
                     dedup_key=item.get("dedupKey"), delay=item.get("delay"))
 
 
@@ -80,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("task", help="task ID or full name")
     args = parser.parse_args(argv)
 
+    config: ProducerConfig | None = None
     try:
-        producer = TaskProducer(_config(args))
+        config = _config(args)
+        _check_emulator(config)
+        producer = TaskProducer(config)
         if args.command == "enqueue":
             result = producer.enqueue(args.action, args.payload, task_id=args.task_id, dedup_key=args.dedup_key,
                                       delay=args.delay)
@@ -94,34 +135,64 @@ def main(argv: list[str] | None = None) -> int:
                       f"attempts {task.dispatch_count}")
         else:
             print(json.dumps(describe(producer.get_task(args.task)), indent=2))
-    except (ConfigError, InvalidTask, ProducerError) as error:
+    except (ConfigError, InvalidTask, ProducerError, Unreachable) as error:
         print(f"producer: {error}", file=sys.stderr)
+        return 2
+    except auth_exceptions.DefaultCredentialsError:
+        print(f"producer: no Google Cloud credentials found: run `gcloud auth application-default login`, or set "
+              f"{EMULATOR_HOST} to use the local emulator", file=sys.stderr)
         return 2
     except api_exceptions.NotFound as error:
         print(f"producer: not found: {error.message}", file=sys.stderr)
         return 1
+    except (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded, api_exceptions.RetryError) as error:
+        assert config is not None  # only API calls raise these, and they need a configuration
+        print(f"producer: {_unreachable(config, _first_line(error))}", file=sys.stderr)
+        return 2
+    except api_exceptions.GoogleAPICallError as error:
+        print(f"producer: Cloud Tasks refused the request: {type(error).__name__}: {_first_line(error)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
+def _first_line(error: Exception) -> str:
+    message = getattr(error, "message", None) or str(error)
+    return str(message).strip().splitlines()[0] if str(message).strip() else type(error).__name__
+
+
 def _enqueue_file(producer: TaskProducer, path: Path, concurrency: int) -> int:
+    """Create a task per line; a bad line is reported with its number and the good lines are still created."""
     from tqdm import tqdm
 
     try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-    except OSError as error:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
         raise InvalidTask(f"cannot read {path}: {error}") from None
-    specs = [spec_from_line(line, number) for number, line in enumerate(lines, start=1)]
+    failures: dict[int, str] = {}
+    specs: list[TaskSpec] = []
+    spec_lines: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            specs.append(spec_from_line(line, number))
+            spec_lines.append(number)
+        except InvalidTask as error:
+            failures[number] = str(error).removeprefix(f"line {number}: ")
     with tqdm(total=len(specs), unit="task", file=sys.stderr) as bar:
         def advance(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
         results = producer.enqueue_many(specs, concurrency=concurrency, progress=advance)
-    counts = {status: sum(1 for r in results if r.status == status) for status in ("created", "duplicate", "failed")}
     for result in results:
         if result.status == "failed":
-            print(f"line {result.index + 1}: failed: {result.reason}", file=sys.stderr)
-    print(f"created {counts['created']}, already enqueued {counts['duplicate']}, failed {counts['failed']}")
-    return 1 if counts["failed"] else 0
+            failures[spec_lines[result.index]] = result.reason or "failed"
+    counts = {status: sum(1 for r in results if r.status == status) for status in ("created", "duplicate")}
+    for number in sorted(failures):
+        print(f"line {number}: failed: {failures[number]}", file=sys.stderr)
+    print(f"created {counts['created']}, already enqueued {counts['duplicate']}, failed {len(failures)}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

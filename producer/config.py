@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 EMULATOR_HOST = "CLOUD_TASKS_EMULATOR_HOST"
-QUEUE_PATH = re.compile(r"^projects/[A-Za-z0-9\-:.]+/locations/[A-Za-z0-9-]+/queues/[A-Za-z0-9-]{1,100}$")
+# Always fullmatch: `$` would let a final newline through.
+QUEUE_PATH = re.compile(r"projects/[A-Za-z0-9\-:.]+/locations/[A-Za-z0-9-]+/queues/[A-Za-z0-9-]{1,100}")
 ENVIRONMENT_KEYS = {
     "queue_path": "TASKLANE_QUEUE_PATH",
     "service_url": "TASKLANE_SERVICE_URL",
@@ -56,7 +57,7 @@ class ProducerConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not QUEUE_PATH.match(self.queue_path):
+        if not QUEUE_PATH.fullmatch(self.queue_path):
             problems.append(f"queue_path {self.queue_path!r} must be projects/P/locations/L/queues/Q")
         if not self.service_url.startswith(("https://", "http://")):
             problems.append(f"service_url {self.service_url!r} must be an http(s) URL")
@@ -73,10 +74,17 @@ class ProducerConfig:
 
     @classmethod
     def from_stack_outputs(cls, outputs: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ProducerConfig:
+        if not isinstance(outputs, Mapping):
+            raise ConfigError(f"stack outputs must be a JSON object, got {type(outputs).__name__}; "
+                              "save `pulumi stack output --json`")
         missing = [key for key in ("queue_path", "service_url", "invoker_service_account", "task_audience")
                    if not outputs.get(key)]
         if missing:
             raise ConfigError(f"stack outputs lack {', '.join(missing)}; is this a Tasklane stack?")
+        not_text = [key for key in ("queue_path", "service_url", "invoker_service_account", "task_audience")
+                    if not isinstance(outputs[key], str)]
+        if not_text:
+            raise ConfigError(f"stack outputs {', '.join(not_text)} must be strings")
         env = os.environ if env is None else env
         deadline = outputs.get("task_dispatch_deadline")
         return cls(queue_path=outputs["queue_path"], service_url=outputs["service_url"],
@@ -88,7 +96,7 @@ class ProducerConfig:
     def from_outputs_file(cls, path: Path) -> ProducerConfig:
         try:
             outputs = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             raise ConfigError(f"cannot read stack outputs from {path}: {error}") from None
         return cls.from_stack_outputs(outputs)
 
@@ -102,7 +110,14 @@ class ProducerConfig:
                               "and use from_outputs_file") from None
         except subprocess.CalledProcessError as error:
             raise ConfigError(f"pulumi stack output failed: {error.stderr.strip()}") from None
-        return cls.from_stack_outputs(json.loads(result.stdout))
+        except subprocess.TimeoutExpired:
+            raise ConfigError("pulumi stack output took more than 2 minutes; save its output to a file and "
+                              "use from_outputs_file") from None
+        try:
+            outputs = json.loads(result.stdout)
+        except (ValueError, RecursionError) as error:
+            raise ConfigError(f"pulumi stack output did not print JSON: {error}") from None
+        return cls.from_stack_outputs(outputs)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:

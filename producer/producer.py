@@ -14,6 +14,7 @@ import asyncio
 import datetime
 import hashlib
 import json
+import math
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -32,7 +33,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from handler.delivery_check import VERIFY_ACTION
 from producer.config import ProducerConfig
 
-TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")  # always fullmatch: `$` would let a final newline through
 MAX_BODY_BYTES = 1024 * 1024 - 16 * 1024  # the whole task must stay under 1 MiB; leave room for the rest
 MAX_SCHEDULE_AHEAD = datetime.timedelta(days=30)
 MIN_DEADLINE, MAX_DEADLINE = 15.0, 1800.0
@@ -92,8 +93,29 @@ def dedup_task_id(dedup_key: str) -> str:
     return hashlib.sha256(dedup_key.encode()).hexdigest()
 
 
-def _seconds(value: float | datetime.timedelta) -> float:
-    return value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
+def _show(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, for messages about input that may be anything."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an integer too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _seconds(name: str, value: object) -> float:
+    """A duration in seconds from a number or a timedelta, or InvalidTask naming `name` and what is allowed."""
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidTask(f"{name} must be a number of seconds or a datetime.timedelta, got "
+                          f"{type(value).__name__} {_show(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf if value > 0 else -math.inf
+    if not math.isfinite(seconds):
+        raise InvalidTask(f"{name} must be a finite number of seconds, got {_show(value)}")
+    return seconds
 
 
 def explain_permission_denied(error: api_exceptions.PermissionDenied, config: ProducerConfig) -> ProducerError:
@@ -135,21 +157,41 @@ class TaskProducer:
 
     def build_task(self, spec: TaskSpec, *, name_if_unnamed: bool = False) -> dict[str, Any]:
         """The Task to create, or InvalidTask saying what is wrong, before any API call."""
-        if spec.action not in self.actions:
-            raise InvalidTask(f"unknown action {spec.action!r}; known actions: {', '.join(sorted(self.actions))}")
+        if not isinstance(spec.action, str) or spec.action not in self.actions:
+            raise InvalidTask(f"unknown action {_show(spec.action)}; known actions: {', '.join(sorted(self.actions))}")
+        if not isinstance(spec.payload, Mapping):
+            raise InvalidTask(f"payload must be a mapping (a JSON object), got {type(spec.payload).__name__}")
         if "action" in spec.payload and spec.payload["action"] != spec.action:
             raise InvalidTask("the payload's 'action' differs from the action argument; leave it out")
         if spec.task_id is not None and spec.dedup_key is not None:
             raise InvalidTask("give task_id or dedup_key, not both")
-        task_id = spec.task_id if spec.task_id is not None else (
-            dedup_task_id(spec.dedup_key) if spec.dedup_key is not None else None)
-        if task_id is not None and not TASK_ID.match(task_id):
-            raise InvalidTask(f"task_id {task_id!r} may contain only letters, digits, '-' and '_', 1-500 characters")
+        for name, value in (("task_id", spec.task_id), ("dedup_key", spec.dedup_key)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidTask(f"{name} must be a string, got {type(value).__name__}")
+        if spec.dedup_key is not None:
+            try:
+                task_id: str | None = dedup_task_id(spec.dedup_key)
+            except UnicodeEncodeError:
+                raise InvalidTask(f"dedup_key {_show(spec.dedup_key)} is not valid Unicode: a lone surrogate") from None
+        else:
+            task_id = spec.task_id
+        if task_id is not None and not TASK_ID.fullmatch(task_id):
+            raise InvalidTask(f"task_id {_show(task_id)} may contain only letters, digits, '-' and '_', "
+                              "1-500 characters")
         if task_id is None and name_if_unnamed:
             task_id = secrets.token_hex(16)  # named, so a retried create cannot make a second task
         try:
-            body = json.dumps({**spec.payload, "action": spec.action}, separators=(",", ":")).encode()
-        except (TypeError, ValueError) as error:
+            # NaN, Infinity and lone surrogates are not JSON: the handler would refuse the body as poison.
+            body = json.dumps({**spec.payload, "action": spec.action}, separators=(",", ":"), allow_nan=False,
+                              ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise InvalidTask("payload holds a string that is not valid Unicode (a lone surrogate)") from None
+        except ValueError as error:
+            if "Out of range float" in str(error):
+                raise InvalidTask("payload holds NaN or Infinity, which JSON cannot carry; send null or a "
+                                  "string instead") from None
+            raise InvalidTask(f"payload is not JSON-serialisable: {error}") from None
+        except (TypeError, RecursionError) as error:
             raise InvalidTask(f"payload is not JSON-serialisable: {error}") from None
         if len(body) > MAX_BODY_BYTES:
             raise InvalidTask(f"payload is {len(body)} bytes as JSON; a task holds at most {MAX_BODY_BYTES} bytes")
@@ -163,7 +205,8 @@ class TaskProducer:
         schedule_time = self._schedule_time(spec)
         if schedule_time is not None:
             task["schedule_time"] = schedule_time
-        deadline = _seconds(spec.deadline) if spec.deadline is not None else self.config.dispatch_deadline_seconds
+        deadline = (_seconds("deadline", spec.deadline) if spec.deadline is not None
+                    else self.config.dispatch_deadline_seconds)
         if not MIN_DEADLINE <= deadline <= MAX_DEADLINE:
             raise InvalidTask(f"deadline {deadline:g}s must be between 15s and 30 minutes")
         task["dispatch_deadline"] = duration_pb2.Duration(seconds=int(deadline),
@@ -175,18 +218,24 @@ class TaskProducer:
             raise InvalidTask("give delay or at, not both")
         now = self._clock()
         if spec.delay is not None:
-            delay = _seconds(spec.delay)
+            delay = _seconds("delay", spec.delay)
             if delay < 0:
                 raise InvalidTask(f"delay {delay:g}s is negative; it must be 0 or more")
+            if delay > MAX_SCHEDULE_AHEAD.total_seconds():
+                raise InvalidTask(f"delay {delay:g}s is more than 30 days ahead; Cloud Tasks refuses it")
             when = now + datetime.timedelta(seconds=delay)
         elif spec.at is not None:
-            if spec.at.tzinfo is None:
+            if not isinstance(spec.at, datetime.datetime):
+                raise InvalidTask(f"at must be a datetime, got {type(spec.at).__name__}")
+            if spec.at.tzinfo is None or spec.at.utcoffset() is None:
                 raise InvalidTask("at must be a timezone-aware datetime")
             when = spec.at
         else:
             return None
         if when - now > MAX_SCHEDULE_AHEAD:
             raise InvalidTask(f"schedule time {when.isoformat()} is more than 30 days ahead; Cloud Tasks refuses it")
+        if when < now - datetime.timedelta(days=1):
+            return None  # long past: Cloud Tasks runs it now, as it does an unset time (and year 1 stays valid)
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(when)
         return stamp

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,11 +15,14 @@ from typing import Any
 
 import pytest
 from google.api_core import exceptions as api_exceptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emulator.testing import RunningEmulator
 from producer import ProducerConfig, TaskProducer, TaskSpec
 from producer.config import ConfigError
-from producer.producer import InvalidTask, ProducerError, dedup_task_id
+from producer.producer import MAX_BODY_BYTES, InvalidTask, ProducerError, dedup_task_id
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE = "projects/tasklane-test/locations/us-central1/queues/orders"
@@ -43,6 +47,11 @@ def producer(config: ProducerConfig) -> TaskProducer:
 
 def stored(producer: TaskProducer) -> list[Any]:
     return producer.list_tasks(1000)
+
+
+def stored_order_ids(producer: TaskProducer) -> list[str]:
+    """The orderId of every stored task, sorted (list_tasks leaves bodies out: BASIC view)."""
+    return sorted(json.loads(producer.get_task(task.name).http_request.body)["orderId"] for task in stored(producer))
 
 
 def test_a_task_is_an_authenticated_json_post_to_the_handler(producer: TaskProducer) -> None:
@@ -77,6 +86,13 @@ def test_delay_and_at_set_the_schedule_time(producer: TaskProducer) -> None:
     assert fixed.schedule_time.timestamp() == pytest.approx(at.timestamp(), abs=1)
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 BAD_INPUT: dict[str, tuple[dict[str, Any], str]] = {
     "unknown action": ({"action": "refund"}, "unknown action 'refund'; known actions: notify_warehouse"),
     "payload over 1 MiB": ({"payload": {"orderId": "x" * 1_100_000}}, "a task holds at most"),
@@ -88,16 +104,63 @@ BAD_INPUT: dict[str, tuple[dict[str, Any], str]] = {
     "task id and dedup key": ({"task_id": "a", "dedup_key": "b"}, "task_id or dedup_key, not both"),
     "deadline too short": ({"deadline": 5}, "between 15s and 30 minutes"),
     "not JSON-serialisable": ({"payload": {"when": datetime.date(2030, 1, 1)}}, "not JSON-serialisable"),
+    # JSON has no NaN or Infinity: a body holding them is refused as poison by the handler.
+    "NaN in the payload": ({"payload": {"orderId": "o", "qty": float("nan")}}, "NaN or Infinity"),
+    "Infinity deep in the payload": ({"payload": {"orderId": "o", "lines": [{"qty": float("inf")}]}},
+                                     "NaN or Infinity"),
+    "-Infinity as a key": ({"payload": {"orderId": "o", "m": {float("-inf"): 1}}}, "NaN or Infinity"),
+    "lone surrogate in the payload": ({"payload": {"orderId": "\ud800"}}, "not valid Unicode"),
+    "payload nested past recursion": ({"payload": {"orderId": "o", "x": _nested(5000)}}, "not JSON-serialisable"),
+    "payload not a mapping": ({"payload": ["orderId", "o"]}, "payload must be a mapping"),
+    # A task ID is matched in full: `$` would let a final newline through.
+    "task id with a trailing newline": ({"task_id": "order-1\n"}, "may contain only letters"),
+    "task id with a trailing CRLF": ({"task_id": "order-1\r\n"}, "may contain only letters"),
+    "task id with a leading newline": ({"task_id": "\norder-1"}, "may contain only letters"),
+    "task id with a NUL": ({"task_id": "order\x001"}, "may contain only letters"),
+    "task id of non-ASCII digits": ({"task_id": "\u0661\u0662"}, "may contain only letters"),
+    "task id of 501 characters": ({"task_id": "a" * 501}, "1-500 characters"),
+    "empty task id": ({"task_id": ""}, "1-500 characters"),
+    "task id not a string": ({"task_id": 42}, "task_id must be a string, got int"),
+    "dedup key not a string": ({"dedup_key": b"k"}, "dedup_key must be a string, got bytes"),
+    "dedup key not valid Unicode": ({"dedup_key": "\udc80"}, "not valid Unicode"),
+    # Delays: never a raw ValueError or OverflowError.
+    "NaN delay": ({"delay": float("nan")}, "delay must be a finite number of seconds, got nan"),
+    "infinite delay": ({"delay": float("inf")}, "delay must be a finite number of seconds, got inf"),
+    "negative infinite delay": ({"delay": float("-inf")}, "delay must be a finite number"),
+    "huge delay": ({"delay": 1e300}, "more than 30 days ahead"),
+    "huge negative delay": ({"delay": -1e300}, "is negative"),
+    "integer delay too large for a float": ({"delay": 10**400}, "delay must be a finite number"),
+    "negative integer delay too large for a float": ({"delay": -(10**400)}, "delay must be a finite number"),
+    "timedelta.max delay": ({"delay": datetime.timedelta.max}, "more than 30 days ahead"),
+    "timedelta.min delay": ({"delay": datetime.timedelta.min}, "is negative"),
+    "delay as text": ({"delay": "60"}, "delay must be a number of seconds or a datetime.timedelta, got str '60'"),
+    "delay as a boolean": ({"delay": True}, "got bool True"),
+    "delay as a list": ({"delay": [5]}, "got list [5]"),
+    "NaN deadline": ({"deadline": float("nan")}, "deadline must be a finite number"),
+    "deadline as text": ({"deadline": "600s"}, "deadline must be a number of seconds"),
+    "at as text": ({"at": "2030-01-01T00:00:00Z"}, "at must be a datetime, got str"),
+    "at the end of time": ({"at": datetime.datetime.max.replace(tzinfo=datetime.UTC)}, "more than 30 days ahead"),
 }
 
 
+class NoCallsClient:
+    """A client that fails the test if the producer calls the API at all."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the producer called the API ({name}) with input it should have refused")
+
+
+@pytest.fixture(scope="module")
+def offline_producer() -> TaskProducer:
+    return TaskProducer(ProducerConfig.from_stack_outputs(OUTPUTS, {}), client=NoCallsClient())  # type: ignore
+
+
 @pytest.mark.parametrize("overrides, message", BAD_INPUT.values(), ids=BAD_INPUT.keys())
-def test_bad_input_is_refused_before_any_api_call(producer: TaskProducer, overrides: dict[str, Any],
+def test_bad_input_is_refused_before_any_api_call(offline_producer: TaskProducer, overrides: dict[str, Any],
                                                   message: str) -> None:
     arguments: dict[str, Any] = {"action": "update_inventory", "payload": {"orderId": "o"}, **overrides}
-    with pytest.raises(InvalidTask, match=message.replace("(", r"\(")):
-        producer.enqueue(arguments.pop("action"), arguments.pop("payload"), **arguments)
-    assert stored(producer) == []
+    with pytest.raises(InvalidTask, match=re.escape(message)):
+        offline_producer.enqueue(arguments.pop("action"), arguments.pop("payload"), **arguments)
 
 
 class RefusingClient:
@@ -206,3 +269,137 @@ def test_the_cli_enqueues_lists_shows_and_refuses_bad_input(cli_env: dict[str, s
     assert bad.returncode == 2 and "unknown action 'refund'" in bad.stderr
     missing = cli({k: v for k, v in cli_env.items() if k != "TASKLANE_SERVICE_URL"}, "list")
     assert missing.returncode == 2 and "TASKLANE_SERVICE_URL" in missing.stderr
+
+
+def test_enqueue_many_reports_each_bad_item_and_still_creates_the_good_ones(producer: TaskProducer) -> None:
+    bad = {1: TaskSpec("update_inventory", {"orderId": "nan", "qty": float("nan")}),
+           3: TaskSpec("update_inventory", {"orderId": "d"}, delay=float("inf")),
+           4: TaskSpec("update_inventory", {"orderId": "d"}, delay=10**400),
+           6: TaskSpec("update_inventory", {"orderId": "d"}, delay="soon"),  # type: ignore[arg-type]
+           7: TaskSpec("update_inventory", {"orderId": "id"}, task_id="order-7\n"),
+           9: TaskSpec("update_inventory", {"orderId": "d"}, delay=-1e308)}
+    specs = [bad.get(n) or TaskSpec("update_inventory", {"orderId": f"good-{n}"}) for n in range(10)]
+    results = producer.enqueue_many(specs)
+    assert [r.index for r in results] == list(range(10))
+    for n, result in enumerate(results):
+        assert result.status == ("failed" if n in bad else "created"), (n, result)
+    assert "NaN or Infinity" in (results[1].reason or "") and "finite" in (results[3].reason or "")
+    assert "may contain only letters" in (results[7].reason or "")
+    assert stored_order_ids(producer) == sorted(f"good-{n}" for n in range(10) if n not in bad)
+
+
+# -- Property: at the producer's input boundary, a task is built valid or refused as InvalidTask ----------
+
+ANY_VALUE = st.none() | st.booleans() | st.integers() | st.integers(min_value=10**300, max_value=10**400) \
+    | st.floats() | st.text(max_size=10) | st.binary(max_size=5) | st.timedeltas() \
+    | st.datetimes(timezones=st.none() | st.timezones()) | st.lists(st.integers(), max_size=2)
+JSON_LIKE = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                         lambda children: st.lists(children, max_size=3)
+                         | st.dictionaries(st.text(max_size=5) | st.floats() | st.integers(), children, max_size=3),
+                         max_leaves=8)
+SPECS = st.builds(
+    TaskSpec,
+    action=st.sampled_from(["update_inventory", "notify_warehouse", "refund", ""]) | ANY_VALUE,
+    payload=st.dictionaries(st.text(max_size=8), JSON_LIKE, max_size=4) | ANY_VALUE,
+    task_id=st.none() | st.from_regex(r"[A-Za-z0-9_-]{1,20}\n?", fullmatch=True) | st.text(max_size=10) | ANY_VALUE,
+    dedup_key=st.none() | st.text(max_size=10) | ANY_VALUE,
+    delay=st.none() | st.floats() | st.integers() | st.timedeltas() | ANY_VALUE,
+    at=st.none() | st.datetimes(timezones=st.none() | st.timezones()) | ANY_VALUE,
+    deadline=st.none() | st.floats() | st.integers(min_value=0, max_value=4000) | ANY_VALUE)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@settings(max_examples=600, deadline=None)
+@given(spec=SPECS, unnamed_get_a_name=st.booleans())
+def test_any_task_spec_is_built_valid_or_refused_as_invalid_task(spec: TaskSpec, unnamed_get_a_name: bool) -> None:
+    producer = TaskProducer(ProducerConfig.from_stack_outputs(OUTPUTS, {}), client=NoCallsClient())  # type: ignore
+    now = producer._clock()
+    try:
+        task = producer.build_task(spec, name_if_unnamed=unnamed_get_a_name)
+    except InvalidTask as refusal:
+        assert str(refusal), "a refusal says what is wrong"
+        return
+    body = task["http_request"]["body"]
+    assert len(body) <= MAX_BODY_BYTES
+    decoded = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)  # strict JSON: no NaN/Infinity
+    assert decoded["action"] == spec.action
+    if "name" in task:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,500}", task["name"].rsplit("/tasks/", 1)[1])
+    if "schedule_time" in task:
+        assert task["schedule_time"].ToDatetime(tzinfo=datetime.UTC) - now <= datetime.timedelta(days=30, seconds=1)
+    deadline = task["dispatch_deadline"]
+    assert 15 <= deadline.seconds + deadline.nanos / 1e9 <= 1800
+
+
+# -- The CLI: one line saying what is wrong and what to do, never a traceback -----------------------------
+
+def test_the_cli_says_in_one_line_that_the_emulator_is_down(cli_env: dict[str, str]) -> None:
+    down = cli({**cli_env, "CLOUD_TASKS_EMULATOR_HOST": f"127.0.0.1:{free_port()}"}, "enqueue", "update_inventory",
+               "--payload", '{"orderId": "o"}')
+    assert down.returncode == 2
+    [line] = down.stderr.strip().splitlines()
+    assert "cannot reach the Cloud Tasks emulator at 127.0.0.1:" in line and "CLOUD_TASKS_EMULATOR_HOST" in line
+    assert "Start it" in line and "Traceback" not in down.stderr
+
+
+def test_the_cli_says_in_one_line_that_no_configuration_was_found(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("TASKLANE_") and key != "CLOUD_TASKS_EMULATOR_HOST"}
+    result = cli(env, "list")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("producer: no configuration found: pass --stack STACK or --outputs FILE")
+    assert "TASKLANE_QUEUE_PATH" in line and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "stack outputs must be a JSON object, got list"),
+    ("{not json", "cannot read stack outputs"),
+    ('{"queue_path": 5, "service_url": "https://x", "invoker_service_account": "a@b", "task_audience": "a"}',
+     "queue_path must be strings"),
+    (json.dumps({**OUTPUTS, "queue_path": QUEUE + "\n"}), "must be projects/P/locations/L/queues/Q"),
+])
+def test_bad_outputs_files_are_one_line_too(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
+                                            message: str) -> None:
+    from producer.__main__ import main
+
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(content)
+    assert main(["--outputs", str(outputs), "list"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert message in line
+
+
+def test_enqueue_file_reports_bad_lines_by_their_number_and_creates_the_rest(
+        producer: TaskProducer, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer.__main__ import main
+
+    for name, value in cli_env.items():
+        monkeypatch.setenv(name, value)
+    lines = tmp_path / "orders.jsonl"
+    lines.write_text("\n".join([
+        '{"action": "update_inventory", "payload": {"orderId": "f-1"}}',
+        "",  # blank lines are skipped but still counted
+        '{"action": "update_inventory", "payload": {"orderId": "f-3", "qty": NaN}}',
+        '{"action": "update_inventory", "payload": {"orderId": "f-4"}, "delay": Infinity}',
+        "not json at all",
+        '{"action": "update_inventory", "payload": {"orderId": "f-6"}, "taskId": "t\\n"}',
+        '{"action": "update_inventory", "payload": {"orderId": "f-7"}, "delay": "later"}',
+        '{"action": "update_inventory", "payload": {"orderId": "f-8"}, "delay": 1e999}',
+        '{"action": "update_inventory", "payload": [1]}',
+        '{"action": "update_inventory", "payload": {"orderId": "f-10"}, "delay": 5}',
+    ]) + "\n")
+    assert main(["enqueue-file", str(lines)]) == 1, "a failed line is a non-zero exit"
+    out, err = capsys.readouterr()
+    assert "created 2, already enqueued 0, failed 7" in out
+    failed = {int(line.split(":")[0].removeprefix("line ")): line for line in err.splitlines()
+              if line.startswith("line ")}
+    assert sorted(failed) == [3, 4, 5, 6, 7, 8, 9]
+    assert "NaN or Infinity" in failed[3] and "finite number" in failed[4] and "not JSON" in failed[5]
+    assert "may contain only letters" in failed[6] and "got str 'later'" in failed[7]
+    assert "payload must be a mapping" in failed[9]
+    assert stored_order_ids(producer) == ["f-1", "f-10"]
