@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,13 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 # Cloud Tasks refuses tasks over 1 MiB, so no genuine task body is larger.
 MAX_BODY_BYTES = 1024 * 1024
+
+# uvicorn's own keep-alive default; long enough for a caller to reuse the connection for its next task.
+DEFAULT_IDLE_TIMEOUT_SECONDS = 5.0
+# A task of at most 1 MiB arrives in well under a second from Cloud Tasks; only a stalled or hostile
+# client takes this long.
+DEFAULT_REQUEST_READ_TIMEOUT_SECONDS = 30.0
+MAX_TIMEOUT_SECONDS = 3600.0
 
 
 class TokenCheck(StrEnum):
@@ -42,6 +50,10 @@ class HandlerConfig:
     token_certs_url: str
     demo_actions: bool = False
     max_body_bytes: int = MAX_BODY_BYTES
+    idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    """How long a connection may wait, open, before it starts a request."""
+    request_read_timeout_seconds: float = DEFAULT_REQUEST_READ_TIMEOUT_SECONDS
+    """How long a request may take to arrive whole, from its first byte."""
 
     @property
     def project_id(self) -> str | None:
@@ -82,6 +94,8 @@ class HandlerConfig:
         raw_demo = env.get(environment.DEMO_ACTIONS, "false").lower()
         if raw_demo not in ("true", "false"):
             problems.append(f"{environment.DEMO_ACTIONS}={raw_demo!r}: must be true or false")
+        idle_timeout = _seconds(env, environment.IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT_SECONDS, problems)
+        read_timeout = _seconds(env, environment.REQUEST_READ_TIMEOUT, DEFAULT_REQUEST_READ_TIMEOUT_SECONDS, problems)
         issuers = tuple(issuer.strip() for issuer in env.get(environment.TOKEN_ISSUERS, "").split(",")
                         if issuer.strip()) or GOOGLE_ISSUERS
         if problems:
@@ -95,4 +109,21 @@ class HandlerConfig:
             token_issuers=issuers,
             token_certs_url=env.get(environment.TOKEN_CERTS_URL) or GOOGLE_CERTS_URL,
             demo_actions=raw_demo == "true",
+            idle_timeout_seconds=idle_timeout,
+            request_read_timeout_seconds=read_timeout,
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
+    """A timeout in seconds from `env[name]`: a finite number above 0 and at most MAX_TIMEOUT_SECONDS."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT_SECONDS:  # False for NaN too
+        problems.append(f"{name}={raw!r}: must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS:g}")
+        return default
+    return seconds

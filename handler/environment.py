@@ -35,3 +35,9 @@ DEMO_ACTIONS = "TASKLANE_DEMO_ACTIONS"
 
 TOKEN_CERTS_URL = "TASKLANE_TOKEN_CERTS_URL"
 """Where the token signing keys are published as {kid: PEM}; Google's by default, the emulator's locally."""
+
+IDLE_TIMEOUT = "TASKLANE_IDLE_TIMEOUT_SECONDS"
+"""Seconds a connection may stay open without starting a request (after opening or after an answer)."""
+
+REQUEST_READ_TIMEOUT = "TASKLANE_REQUEST_READ_TIMEOUT_SECONDS"
+"""Seconds from a request's first byte until all of it, headers and body, must have arrived."""

@@ -8,6 +8,7 @@ backoffs while tokens stay valid.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -60,7 +61,7 @@ class LogLines:
 
 
 def e2e_actions() -> ActionRegistry:
-    """The sample actions plus one that fails transiently on its first attempt."""
+    """The sample actions, one that fails transiently on its first attempt, and two that never succeed."""
     registry = ActionRegistry()
     for name in order_actions.names:
         action = order_actions.get(name)
@@ -73,6 +74,14 @@ def e2e_actions() -> ActionRegistry:
             raise RetryableError("downstream busy", retry_after=2)
         log.event("flaky action done", event="flaky_done", order_id=order.order_id,
                   retry_count=task.retry_count, previous_response=task.previous_response)
+
+    @registry.register("always_busy")
+    async def always_busy(order: OrderRequest, task: TaskContext, log: ActionLog) -> None:
+        raise RetryableError("downstream is down for good")
+
+    @registry.register("always_crash")
+    async def always_crash(order: OrderRequest, task: TaskContext, log: ActionLog) -> None:
+        raise ZeroDivisionError("a bug that never goes away")
 
     return registry
 
@@ -91,6 +100,16 @@ class Pipeline:
     def attempts(self) -> list[dict[str, Any]]:
         assert self.emulator.dispatcher is not None
         return [vars(record) for record in list(self.emulator.dispatcher.attempts)]
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Every dead letter the handler logged: its first part's record, with `body` put back together."""
+        parts = [entry["tasklane_dead_letter"] for entry in self.log.entries() if "tasklane_dead_letter" in entry]
+        letters = []
+        for first in (part for part in parts if part["part"] == 1):
+            chunks = sorted((part["part"], part["body_base64"]) for part in parts if part["id"] == first["id"])
+            if len(chunks) == first["parts"]:
+                letters.append({**first, "body": b"".join(base64.b64decode(chunk) for _, chunk in chunks)})
+        return letters
 
     def queue_empty(self) -> bool:
         assert self.emulator.engine is not None

@@ -216,7 +216,7 @@ def hostile_tokens(draw: st.DrawFn) -> str:
     return f"{header}.{payload}.{signature}"
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(token=hostile_tokens(), full=st.booleans())
 def test_any_token_is_passed_or_refused_never_a_crash(build_handler: Callable[..., HandlerUnderTest],
                                                       signing_key: SigningKey, token: str, full: bool) -> None:

@@ -239,7 +239,7 @@ EXTRA_HEADERS = st.dictionaries(st.sampled_from([
     HEADER_VALUES, max_size=4)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODIES, retry_count=st.integers(0, MAX_ATTEMPTS + 2), task_name=st.text(
     st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=30), extra=EXTRA_HEADERS)
 def test_a_task_that_cannot_succeed_is_acknowledged_only_when_dead_lettered_and_always_kept_at_the_end(
@@ -261,7 +261,7 @@ def test_a_task_that_cannot_succeed_is_acknowledged_only_when_dead_lettered_and_
         assert letter.task.task_name == task_name
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODIES)
 def test_a_direct_call_with_any_body_gets_a_clear_answer_and_no_dead_letter(failing: HandlerUnderTest,
                                                                             body: bytes) -> None:
