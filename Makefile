@@ -75,6 +75,9 @@ $(PEER_EMULATOR_VENV)/.installed: bench/peer-emulator-requirements.txt $(INSTALL
 	 || $(PEER_EMULATOR_VENV)/bin/python -m pip install -q -r bench/peer-emulator-requirements.txt
 	@touch $@
 
+# The emulator before issue 11's validation, for its before/after throughput.
+EMULATOR_VALIDATION_BASELINE ?= cc912de
+
 bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.package-lock.json \
        $(PEER_EMULATOR_VENV)/.installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
@@ -83,6 +86,7 @@ bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.pac
 	$(BIN)/python bench/handler_bench.py --handler-python $(HANDLER_VENV)/bin/python
 	$(BIN)/python bench/emulator_bench.py --peer-python $(PEER_EMULATOR_VENV)/bin/python
 	$(BIN)/python bench/producer_bench.py
+	$(BIN)/python bench/emulator_hardening_bench.py --baseline $(EMULATOR_VALIDATION_BASELINE)
 	$(BIN)/python bench/report.py
 
 # The README's main command: emulator, handler and sample orders on this machine, until Ctrl-C.

@@ -119,8 +119,49 @@ With 20 ms of latency, tasks/s:
 """
 
 
+def emulator_hardening_section(result: dict[str, Any]) -> str:
+    memory, cost = result["memory"], result["validation_cost"]
+    rows = "\n".join(f"| {s['label']} | {s['seconds']} | {s['rss_mib']} | {s['state_file_mib']} |"
+                     for s in memory["samples"])
+    verdict = {
+        "RSS after expiry within 10 MiB of the idle start": memory["rss_growth_mib_from_start"] <= 10,
+        "state file back to its start size": memory["state_file_growth_mib"] <= 0,
+    }
+    cost_text = "Not measured in this run (pass `--baseline REF`)."
+    if cost:
+        before, after = cost["before"], cost["after"]
+        cost_text = f"""Against the emulator at `{cost['baseline']}` (before the validation), alternated, median of
+{cost['rounds']} rounds each: {cost['tasks']:,}-task drain and {cost['calls']:,} sequential CreateTask calls.
+
+| emulator | drain tasks/s | CreateTask p50 ms |
+|---|---|---|
+| before | {before['drain_tasks_per_second']:,} | {before['create_task_p50_ms']} |
+| after | {after['drain_tasks_per_second']:,} | {after['create_task_p50_ms']} |
+
+**Ratios after/before:** drain **{cost['drain_after_over_before']}**, CreateTask p50
+**{cost['create_p50_after_over_before']}**."""
+    return f"""## Emulator memory and state file over {memory['tasks']:,} tasks; the cost of validation \
+(`bench/emulator_hardening_bench.py`)
+
+{result['machine']}; the emulator in its own process with a state file and {memory['tombstone_seconds']:g} s
+task tombstones; tasks created (64 in flight) and delivered to a local target in batches. The state file
+counts its write-ahead log.
+
+| when | s | RSS MiB | state file MiB |
+|---|---|---|---|
+{rows}
+
+RSS after expiry minus idle start: **{memory['rss_growth_mib_from_start']} MiB** (minus after warm-up:
+{memory['rss_growth_mib_from_warm']} MiB); state file: **{memory['state_file_growth_mib']} MiB** from the start.
+{chr(10).join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in verdict.items())}
+
+{cost_text}
+"""
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {"handler": handler_section, "emulator": emulator_section,
-                                                        "producer": producer_section}
+                                                        "producer": producer_section,
+                                                        "emulator_hardening": emulator_hardening_section}
 
 
 def main() -> None:

@@ -130,7 +130,8 @@ def test_the_http_port_serves_discovery_keys_health_and_inspection(
     url = target.answer("/inspect", 500, 200)
     queue = make_queue(client, "inspected", retry_config={"min_backoff": "1s", "max_backoff": "1s"})
     name = client.create_task(parent=queue.name, task={"http_request": {"url": url}}).name
-    wait_for(lambda: http_json(f"{base}/v1/attempts?task={name}")["attempts"])
+    wait_for(lambda: [a for a in http_json(f"{base}/v1/attempts?task={name}")["attempts"] if a["finished"]],
+             message="the first attempt to finish")
     [attempt] = http_json(f"{base}/v1/attempts?task={name}")["attempts"]
     assert (attempt["status"], attempt["attempt"], attempt["outcome"]) == (500, 1, "retrying")
     assert attempt["request_headers"]["X-CloudTasks-TaskRetryCount"] == "0"
