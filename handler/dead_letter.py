@@ -11,7 +11,7 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from handler.logs import StructuredLog
@@ -29,13 +29,16 @@ DEAD_LETTER_FIELD = "tasklane_dead_letter"
 @dataclass(frozen=True)
 class DeadLetter:
     kind: str
-    """"rejected" (can never succeed) or "final_attempt_failed"."""
+    """"rejected" (can never succeed), "final_attempt_failed", or "gave_up_unseen" (given up by Cloud Tasks
+    without the handler answering its final attempt; recorded from the queue's task-operation log)."""
     reason: str
     task: TaskContext
     method: str
     path: str
     headers: Mapping[str, str]
     body: bytes
+    details: Mapping[str, object] = field(default_factory=dict)
+    """What else is known, JSON-serialisable: for gave_up_unseen, the last status, attempts and time."""
 
     @classmethod
     def capture(cls, kind: str, reason: str, task: TaskContext, method: str, path: str,
@@ -72,5 +75,7 @@ class LogDeadLetterSink:
                               queue_name=letter.task.queue_name, attempt=letter.task.attempt,
                               method=letter.method, path=letter.path, headers=dict(letter.headers),
                               body_bytes=len(letter.body), body_sha256=hashlib.sha256(letter.body).hexdigest())
+                if letter.details:
+                    record["details"] = dict(letter.details)
             self.log.emit("ERROR", f"dead-lettered task {name} ({letter.kind}): {letter.reason}",
                           task=letter.task, extra={DEAD_LETTER_FIELD: record})
