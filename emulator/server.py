@@ -25,6 +25,7 @@ from emulator.engine import DEFAULT_QUEUE_TOMBSTONE_SECONDS, DEFAULT_TASK_TOMBST
 from emulator.faults import Faults
 from emulator.grpc_service import CloudTasksService
 from emulator.http_api import create_http_app
+from emulator.memory import release_free_memory
 from emulator.store import StateFileError, StorageError, Store
 from emulator.tokens import TokenIssuer
 
@@ -165,11 +166,14 @@ class EmulatorServer:
         clock = self.config.clock
         while True:
             await clock.sleep_until(clock.now() + self.config.prune_interval)
+            pruned = 0
             try:
-                self.engine.prune()
+                pruned = self.engine.prune()
             except StorageError as error:
                 log.warning("could not prune tombstones: %s; trying again later", error)
             self.dispatcher.prune(clock.now() - self.config.task_tombstone_seconds)
+            if pruned:
+                release_free_memory()
 
     async def stop(self) -> None:
         if self._housekeeping is not None:

@@ -158,6 +158,8 @@ def validate_queue_config(queue: Any) -> None:
     max_backoff = _seconds(retry.max_backoff) if retry.HasField("max_backoff") else DEFAULT_MAX_BACKOFF
     if min_backoff > max_backoff:
         raise errors.invalid("RetryConfig.minBackoff must be less than or equal to RetryConfig.maxBackoff.")
+    overrides = {override.header.key: override.header.value for override in queue.http_target.header_overrides}
+    _task_headers(overrides, "HttpTarget.headerOverrides")  # the same rules as a task's own headers
     ratio = queue.stackdriver_logging_config.sampling_ratio
     if not 0.0 <= ratio <= 1.0:  # NaN fails too
         raise errors.invalid("StackdriverLoggingConfig.samplingRatio must be between 0.0 and 1.0, "
@@ -200,16 +202,16 @@ def _has_header(headers: dict[str, str], name: str) -> bool:
     return any(key.lower() == name.lower() for key in headers)
 
 
-def _task_headers(headers: Any, request_type: str) -> dict[str, str]:
+def _task_headers(headers: Any, field: str) -> dict[str, str]:
     """The headers a task may send: each name a valid HTTP token, no value able to end the header line
     (CR, LF, NUL or another control character); the reserved and hop-by-hop ones dropped (§7.9)."""
     kept = {}
     for name, value in headers.items():
         if not HEADER_NAME.fullmatch(name):
-            raise errors.invalid(f"{request_type}.headers: {name!r} is not a valid header name; a name is one or more "
+            raise errors.invalid(f"{field}: {name!r} is not a valid header name; a name is one or more "
                                  "letters, digits or !#$%&'*+-.^_`|~ (no spaces or separators).")  # inferred
         if FORBIDDEN_IN_VALUE.search(value):
-            raise errors.invalid(f"{request_type}.headers: the value of {name!r} contains a control character (CR, "
+            raise errors.invalid(f"{field}: the value of {name!r} contains a control character (CR, "
                                  "LF, NUL or similar); only printable characters, spaces and tabs are "
                                  "allowed.")  # inferred
         if not RESERVED_HEADER.fullmatch(name):
@@ -269,7 +271,7 @@ def normalise_new_task(task: Any, now: float) -> None:
             raise errors.invalid("OidcToken.serviceAccountEmail is required.")  # inferred
         if request.HasField("oauth_token") and not request.oauth_token.service_account_email:
             raise errors.invalid("OAuthToken.serviceAccountEmail is required.")  # inferred
-        headers = _task_headers(request.headers, "HttpRequest")
+        headers = _task_headers(request.headers, "HttpRequest.headers")
         headers["User-Agent"] = HTTP_USER_AGENT
         if sum(len(key) + len(value) + 4 for key, value in headers.items()) >= MAX_HEADERS_BYTES:
             raise errors.invalid("HttpRequest.headers must be smaller than 80KB in total.")  # inferred
@@ -286,7 +288,7 @@ def normalise_new_task(task: Any, now: float) -> None:
                                  "percent-encode them.")  # inferred
         if request.http_method == HttpMethod.HTTP_METHOD_UNSPECIFIED:
             request.http_method = HttpMethod.POST
-        headers = _task_headers(request.headers, "AppEngineHttpRequest")
+        headers = _task_headers(request.headers, "AppEngineHttpRequest.headers")
         headers["User-Agent"] = APP_ENGINE_USER_AGENT
         if request.body:
             headers["Content-Length"] = str(len(request.body))

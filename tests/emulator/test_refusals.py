@@ -139,6 +139,19 @@ def test_a_header_value_that_could_end_the_header_line_is_refused(client: tasks_
         create(client, {"app_engine_http_request": {"relative_uri": "/x", "headers": {"X-Fine": value}}})
 
 
+@pytest.mark.parametrize("name, value, message", [("X Y", "v", "not a valid header name"),
+                                                  ("", "v", "not a valid header name"),
+                                                  ("X-Fine", "a\r\nX-Injected: 1", "control character")])
+def test_queue_header_overrides_follow_the_same_rules(client: tasks_v2.CloudTasksClient, name: str, value: str,
+                                                      message: str) -> None:
+    queue = {"name": f"{PARENT}/queues/overrides-{abs(hash((name, value))) % 10**8}",
+             "http_target": {"header_overrides": [{"header": {"key": name, "value": value}}]}}
+    with pytest.raises(api_exceptions.InvalidArgument, match=f"HttpTarget.headerOverrides: .*{message}"):
+        client.create_queue(parent=PARENT, queue=queue, retry=None)
+    with pytest.raises(api_exceptions.InvalidArgument, match=message):
+        client.update_queue(queue={**queue, "name": PAUSED}, retry=None)
+
+
 def test_framing_and_hop_by_hop_headers_are_dropped_and_the_request_is_well_formed(
         shared: tuple[EmulatorServer, tasks_v2.CloudTasksClient, Recorder]) -> None:
     _, client, recorder = shared
