@@ -41,3 +41,9 @@ IDLE_TIMEOUT = "TASKLANE_IDLE_TIMEOUT_SECONDS"
 
 REQUEST_READ_TIMEOUT = "TASKLANE_REQUEST_READ_TIMEOUT_SECONDS"
 """Seconds from a request's first byte until all of it, headers and body, must have arrived."""
+
+FIRESTORE_DATABASE = "TASKLANE_FIRESTORE_DATABASE"
+"""The pipeline's Firestore database ID: shared idempotency keys and dead letters. Unset: in-process stores."""
+
+PUSH_SERVICE_ACCOUNT = "TASKLANE_PUSH_SERVICE_ACCOUNT"
+"""Email of the account Pub/Sub pushes task-operation records as (the /task-operations route)."""

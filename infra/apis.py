@@ -11,6 +11,9 @@ REQUIRED_APIS = (
     "artifactregistry.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com",
+    "firestore.googleapis.com",
+    "pubsub.googleapis.com",
+    "logging.googleapis.com",
 )
 
 

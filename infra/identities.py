@@ -15,9 +15,11 @@ RUNTIME_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWrit
 # without which Cloud Tasks cannot mint the tasks' OIDC tokens. (IAM docs, "Create and grant roles to
 # service agents"; Cloud Tasks roles reference.)
 CLOUD_TASKS_AGENT_PROJECT_ROLES = ("roles/cloudtasks.serviceAgent",)
+# Granted to the runtime account on the pipeline's Firestore database only (an IAM condition; infra/firestore.py).
+RUNTIME_DATABASE_ROLES = ("roles/datastore.user",)
 # Every role the program grants at project level: the deployer's IAM-admin grant is conditioned on exactly
 # these (bootstrap/grantable-roles.txt, kept equal by a test).
-PROJECT_LEVEL_ROLES = RUNTIME_PROJECT_ROLES + CLOUD_TASKS_AGENT_PROJECT_ROLES
+PROJECT_LEVEL_ROLES = RUNTIME_PROJECT_ROLES + CLOUD_TASKS_AGENT_PROJECT_ROLES + RUNTIME_DATABASE_ROLES
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Identities:
     """Named only inside task OIDC tokens; holds run.invoker on this one service and nothing at project level."""
     cloud_tasks_agent: gcp.projects.ServiceIdentity
     """service-PROJECT_NUMBER@gcp-sa-cloudtasks.iam.gserviceaccount.com, created if it does not exist yet."""
+    push: gcp.serviceaccount.Account
+    """Pub/Sub pushes task-operation records as this account; holds run.invoker on the service and nothing else."""
 
 
 def create_identities(name: str, settings: PipelineSettings, opts: pulumi.ResourceOptions) -> Identities:
@@ -56,7 +60,15 @@ def create_identities(name: str, settings: PipelineSettings, opts: pulumi.Resour
     )
     _grant_on_project(f"{name}-cloudtasks-agent", settings, cloud_tasks_agent.member,
                       CLOUD_TASKS_AGENT_PROJECT_ROLES, opts)
-    return Identities(runtime=runtime, invoker=invoker, cloud_tasks_agent=cloud_tasks_agent)
+    push = gcp.serviceaccount.Account(
+        f"{name}-push",
+        project=settings.project,
+        account_id=settings.push_account_id,
+        display_name=f"Tasklane task-operation push ({settings.name})",
+        description="Signs Pub/Sub pushes of final failed attempts to the handler; may invoke that one service only.",
+        opts=opts,
+    )
+    return Identities(runtime=runtime, invoker=invoker, cloud_tasks_agent=cloud_tasks_agent, push=push)
 
 
 def _grant_on_project(prefix: str, settings: PipelineSettings, member: pulumi.Input[str], roles: tuple[str, ...],

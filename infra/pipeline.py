@@ -1,7 +1,7 @@
 """`TaskPipeline`: one Cloud Tasks queue delivering authenticated tasks to one private Cloud Run service.
 
 Everything the pipeline needs is declared inside this component, grouped by purpose (API enablement,
-image, identities, service, queue, access), so a second pipeline is a few lines:
+image, identities, service, queue, Firestore, access, routing of unseen failures), so a second pipeline is a few lines:
 
     reports = TaskPipeline("reports", dataclasses.replace(settings, name="tasklane-reports"))
 """
@@ -15,11 +15,13 @@ import pulumi_gcp as gcp
 
 from infra.access import grant_access
 from infra.apis import enable_apis
+from infra.firestore import create_database
 from infra.identities import create_identities
 from infra.image import HANDLER_DIR, build_handler_image, create_repository
 from infra.queue import create_queue, queue_path
 from infra.service import create_service, default_task_audience
 from infra.settings import PipelineSettings, format_duration
+from infra.unseen_failures import route_final_failures
 
 COMPONENT_TYPE = "tasklane:index:TaskPipeline"
 
@@ -30,6 +32,7 @@ class TaskPipeline(pulumi.ComponentResource):
     invoker_service_account: pulumi.Output[str]
     task_audience: pulumi.Output[str]
     image_ref: pulumi.Output[str]
+    firestore_database: pulumi.Output[str]
 
     def __init__(self, name: str, settings: PipelineSettings, opts: pulumi.ResourceOptions | None = None,
                  handler_dir: Path = HANDLER_DIR) -> None:
@@ -42,6 +45,7 @@ class TaskPipeline(pulumi.ComponentResource):
         repository = create_repository(name, settings, child)
         image = build_handler_image(name, settings, repository, child, context_dir=handler_dir)
         queue = create_queue(name, settings, child)
+        database = create_database(name, settings, identities.runtime.member, child)
 
         project_number = gcp.organizations.get_project_output(project_id=settings.project).number
         task_audience = (pulumi.Output.from_input(settings.custom_audience) if settings.custom_audience
@@ -54,15 +58,20 @@ class TaskPipeline(pulumi.ComponentResource):
             invoker_account_email=identities.invoker.email,
             task_audience=task_audience,
             queue_path=path,
+            firestore_database=database.name,
+            push_account_email=identities.push.email,
             opts=child,
         )
         grant_access(name, settings, identities=identities, service=service, queue=queue, opts=child)
+        route_final_failures(name, settings, queue=queue, service=service, push_account=identities.push,
+                             task_audience=task_audience, opts=child)
 
         self.service_url = service.uri
         self.queue_path = path
         self.invoker_service_account = identities.invoker.email
         self.task_audience = task_audience
         self.image_ref = image.ref
+        self.firestore_database = database.name
         self.task_dispatch_deadline = format_duration(settings.task_dispatch_deadline_seconds)
         self.register_outputs({
             "service_url": self.service_url,
@@ -70,4 +79,5 @@ class TaskPipeline(pulumi.ComponentResource):
             "invoker_service_account": self.invoker_service_account,
             "task_audience": self.task_audience,
             "image_ref": self.image_ref,
+            "firestore_database": self.firestore_database,
         })

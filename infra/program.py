@@ -19,6 +19,7 @@ def main() -> TaskPipeline:
     pulumi.export("invoker_service_account", pipeline.invoker_service_account)
     pulumi.export("task_audience", pipeline.task_audience)
     pulumi.export("image_ref", pipeline.image_ref)
+    pulumi.export("firestore_database", pipeline.firestore_database)
     pulumi.export("task_dispatch_deadline", pipeline.task_dispatch_deadline)
     pulumi.export("region", settings.region)
     pulumi.export("project", settings.project)

@@ -30,6 +30,8 @@ def create_service(
     invoker_account_email: pulumi.Input[str],
     task_audience: pulumi.Input[str],
     queue_path: pulumi.Input[str],
+    firestore_database: pulumi.Input[str],
+    push_account_email: pulumi.Input[str],
     opts: pulumi.ResourceOptions,
 ) -> gcp.cloudrunv2.Service:
     environment = {
@@ -39,6 +41,8 @@ def create_service(
         handler_env.MAX_ATTEMPTS: str(settings.max_attempts),
         handler_env.TASK_DISPATCH_DEADLINE: format_duration(settings.task_dispatch_deadline_seconds),
         handler_env.TOKEN_CHECK: settings.token_check,
+        handler_env.FIRESTORE_DATABASE: firestore_database,
+        handler_env.PUSH_SERVICE_ACCOUNT: push_account_email,
     }
     return gcp.cloudrunv2.Service(
         f"{name}-service",

@@ -43,6 +43,10 @@ CONFIG_KEYS: dict[str, str] = {
     "memory": "tasklane:memory",
     "cpu_always_allocated": "tasklane:cpuAlwaysAllocated",
     "deletion_protection": "tasklane:deletionProtection",
+    "firestore_database": "tasklane:firestoreDatabase",
+    "firestore_location": "tasklane:firestoreLocation",
+    "firestore_point_in_time_recovery": "tasklane:firestorePointInTimeRecovery",
+    "firestore_delete_protection": "tasklane:firestoreDeleteProtection",
     "image_keep_count": "tasklane:imageKeepCount",
     "max_dispatches_per_second": "tasklane:maxDispatchesPerSecond",
     "max_concurrent_dispatches": "tasklane:maxConcurrentDispatches",
@@ -79,6 +83,8 @@ ALLOWED_MEMBER_FORMS = (
 )
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{2,20}[a-z0-9]$")
+_FIRESTORE_DATABASE = re.compile(r"^[a-z][a-z0-9-]{2,61}[a-z0-9]$")
+_FIRESTORE_LOCATION = re.compile(r"^(?:[a-z]+-[a-z]+[0-9]+|nam[0-9]+|eur[0-9]+)$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
@@ -134,6 +140,10 @@ class PipelineSettings:
     memory: str
     cpu_always_allocated: bool
     deletion_protection: bool
+    firestore_database: str | None
+    firestore_location: str | None
+    firestore_point_in_time_recovery: bool
+    firestore_delete_protection: bool
     image_keep_count: int
     max_dispatches_per_second: float
     max_concurrent_dispatches: int
@@ -160,6 +170,10 @@ class PipelineSettings:
         return f"{self.name}-invoker"
 
     @property
+    def push_account_id(self) -> str:
+        return f"{self.name}-push"
+
+    @property
     def invoker_email(self) -> str:
         return f"{self.invoker_account_id}@{self.project}.iam.gserviceaccount.com"
 
@@ -167,6 +181,15 @@ class PipelineSettings:
     def local_queue_path(self) -> str:
         """The stack's queue in the local emulator: deployed queues are auto-named, locally it is `<name>-queue`."""
         return f"projects/{self.project}/locations/{self.region}/queues/{self.name}-queue"
+
+    @property
+    def firestore_database_id(self) -> str:
+        """The pipeline's own Firestore database (never `(default)`, which other apps of the project may use)."""
+        return self.firestore_database or f"{self.name}-db"
+
+    @property
+    def firestore_location_id(self) -> str:
+        return self.firestore_location or self.region
 
     @property
     def repository_id(self) -> str:
@@ -252,6 +275,14 @@ def validation_problems(s: PipelineSettings) -> list[str]:
     check(s.min_instances <= s.max_instances, "min_instances",
           f"must not exceed {CONFIG_KEYS['max_instances']} ({s.max_instances})")
     problems.extend(cloud_run_shape_problems(s))
+    if s.firestore_database is not None:
+        check(bool(_FIRESTORE_DATABASE.fullmatch(s.firestore_database)), "firestore_database",
+              "must be 4-63 lowercase letters, digits or hyphens, starting with a letter and not ending with a "
+              "hyphen (empty means '<name>-db'); '(default)' is left to other apps of the project")
+    if s.firestore_location is not None:
+        check(bool(_FIRESTORE_LOCATION.fullmatch(s.firestore_location)), "firestore_location",
+              "must be a Firestore location: a region such as 'us-central1' or a multi-region such as 'nam5' or "
+              "'eur3' (empty means gcp:region)")
     check(s.image_keep_count >= 1, "image_keep_count", "must be at least 1 (the deployed image is always kept)")
 
     check(0 < s.max_dispatches_per_second <= limits.MAX_DISPATCHES_PER_SECOND, "max_dispatches_per_second",
@@ -394,6 +425,10 @@ def load_settings(config: ConfigSource | None = None, gcp_config: ConfigSource |
     for field in ("max_dispatches_per_second", "logging_sampling_ratio"):
         read(field, _parse_number)
     read("deletion_protection", _parse_bool)
+    read("firestore_database", lambda text: text or None)
+    read("firestore_location", lambda text: text or None)
+    read("firestore_point_in_time_recovery", _parse_bool)
+    read("firestore_delete_protection", _parse_bool)
     read("cpu_always_allocated", _parse_bool)
     read("producer_members", _parse_members)
 

@@ -17,6 +17,7 @@ SERVICE_IAM_TYPES = ("gcp:cloudrunv2/serviceIamMember:ServiceIamMember",
                      "gcp:cloudrunv2/serviceIamBinding:ServiceIamBinding",
                      "gcp:cloudrunv2/serviceIamPolicy:ServiceIamPolicy")
 QUEUE = "gcp:cloudtasks/queue:Queue"
+DATABASE = "gcp:firestore/database:Database"
 PUBLIC = ("allUsers", "allAuthenticatedUsers")
 DEFAULT_COMPUTE_ACCOUNT = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
 CLOUD_RUN_DEFAULT_TIMEOUT = 300.0
@@ -103,8 +104,13 @@ def timeout_covers_deadline(resource_type: str, props: Props, stack: str) -> lis
 
 
 def prod_deletion_protection(resource_type: str, props: Props, stack: str) -> list[str]:
-    if resource_type == SERVICE and stack.startswith("prod") and props.get("deletionProtection") is False:
+    if not stack.startswith("prod"):
+        return []
+    if resource_type == SERVICE and props.get("deletionProtection") is False:
         return [f"stack {stack!r} turns deletion protection off on the Cloud Run service; keep it on in production"]
+    if resource_type == DATABASE and props.get("deleteProtectionState") != "DELETE_PROTECTION_ENABLED":
+        return [f"stack {stack!r} leaves delete protection off on the Firestore database {props.get('name')!r} "
+                "(idempotency keys and dead letters); keep it on in production"]
     return []
 
 
@@ -117,7 +123,8 @@ RULES = (
          queue_bounded_and_rate_limited),
     Rule("timeout-covers-deadline", "The request timeout is at least the task dispatch deadline.",
          timeout_covers_deadline),
-    Rule("prod-deletion-protection", "Production stacks keep deletion protection on.", prod_deletion_protection),
+    Rule("prod-deletion-protection", "Production stacks keep deletion protection on (service and database).",
+         prod_deletion_protection),
 )
 
 

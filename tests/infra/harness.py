@@ -129,6 +129,13 @@ class GcpMocks(pulumi.runtime.Mocks):
             outputs["name"] = args.inputs["repositoryId"]
             outputs["registryUri"] = (f"{args.inputs['location']}-docker.pkg.dev/{self.project}/"
                                       f"{args.inputs['repositoryId']}")
+        elif kind == "gcp:pubsub/topic:Topic":
+            outputs["name"] = args.inputs.get("name", f"{args.name}-{QUEUE_NAME_SUFFIX}")
+            return f"projects/{self.project}/topics/{outputs['name']}", outputs
+        elif kind == "gcp:logging/projectSink:ProjectSink":
+            outputs["name"] = args.inputs.get("name", f"{args.name}-{QUEUE_NAME_SUFFIX}")
+            outputs["writerIdentity"] = (f"serviceAccount:service-{PROJECT_NUMBER}@"
+                                         "gcp-sa-logging.iam.gserviceaccount.com")
         elif kind == "docker-build:index:Image":
             repository = args.inputs["tags"][0].rsplit(":", 1)[0]
             digest = _digest_of_directory(args.inputs["context"]["location"])

@@ -11,7 +11,7 @@ import pytest
 from handler import environment as handler_env
 from infra.apis import REQUIRED_APIS
 from infra.identities import PROJECT_LEVEL_ROLES, RUNTIME_PROJECT_ROLES
-from infra.settings import parse_duration
+from infra.settings import SettingsError, parse_duration
 from tests.infra.harness import (
     MOCK_ACCESS_TOKEN,
     PROJECT_NUMBER,
@@ -36,6 +36,12 @@ SERVICE = "gcp:cloudrunv2/service:Service"
 SERVICE_IAM = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
 QUEUE = "gcp:cloudtasks/queue:Queue"
 QUEUE_IAM = "gcp:cloudtasks/queueIamMember:QueueIamMember"
+DATABASE = "gcp:firestore/database:Database"
+FIELD = "gcp:firestore/field:Field"
+TOPIC = "gcp:pubsub/topic:Topic"
+TOPIC_IAM = "gcp:pubsub/topicIAMMember:TopicIAMMember"
+SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
+SINK = "gcp:logging/projectSink:ProjectSink"
 COMPONENT = "tasklane:index:TaskPipeline"
 PUBLIC = {"allUsers", "allAuthenticatedUsers"}
 
@@ -194,27 +200,36 @@ def test_service_runs_as_its_own_runtime_account_not_the_default_compute_account
 
 
 @stacks
-def test_runtime_account_can_only_write_logs_and_metrics(stack: str) -> None:
+def test_runtime_account_can_only_write_logs_and_metrics_and_use_its_own_database(stack: str) -> None:
     snap = snapshot(stack)
     runtime_member = account(snap, "-runtime").outputs["member"]
-    granted = sorted(grant.inputs["role"] for grant in snap.resources
-                     if grant.type in (PROJECT_IAM, ACCOUNT_IAM, SERVICE_IAM, QUEUE_IAM)
-                     and grant.inputs["member"] == runtime_member)
-    assert granted == sorted(RUNTIME_PROJECT_ROLES) == ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    grants = [grant for grant in snap.resources if grant.type in (PROJECT_IAM, ACCOUNT_IAM, SERVICE_IAM, QUEUE_IAM)
+              and grant.inputs["member"] == runtime_member]
+    unconditioned = sorted(grant.inputs["role"] for grant in grants if "condition" not in grant.inputs)
+    assert unconditioned == sorted(RUNTIME_PROJECT_ROLES) == ["roles/logging.logWriter",
+                                                              "roles/monitoring.metricWriter"]
+    [database_grant] = [grant for grant in grants if "condition" in grant.inputs]
+    database = snap.one(DATABASE).inputs["name"]
+    assert database_grant.inputs["role"] == "roles/datastore.user"
+    assert database_grant.inputs["condition"]["expression"] == (
+        f'resource.name == "projects/{stack_file_config(stack)["gcp:project"]}/databases/{database}"')
 
 
 @stacks
-def test_run_invoker_goes_to_the_invoker_account_on_this_service_only(stack: str) -> None:
+def test_run_invoker_goes_to_the_invoker_and_push_accounts_on_this_service_only(stack: str) -> None:
     snap = snapshot(stack)
-    invoker = account(snap, "-invoker")
-    [binding] = snap.of_type(SERVICE_IAM)
-    assert binding.inputs["role"] == "roles/run.invoker"
-    assert binding.inputs["member"] == invoker.outputs["member"]
-    assert binding.inputs["name"] == snap.one(SERVICE).outputs["name"]
-    # No other grant names run.invoker, and the invoker holds nothing at project level.
+    bindings = snap.of_type(SERVICE_IAM)
+    assert sorted(binding.inputs["member"] for binding in bindings) == sorted(
+        account(snap, suffix).outputs["member"] for suffix in ("-invoker", "-push"))
+    for binding in bindings:
+        assert binding.inputs["role"] == "roles/run.invoker"
+        assert binding.inputs["name"] == snap.one(SERVICE).outputs["name"]
+    # No other grant names run.invoker, and neither account holds anything at project level.
     holders = [r for r in snap.resources if "roles/run.invoker" in all_strings(r.inputs)]
-    assert holders == [binding]
-    assert all(grant.inputs["member"] != invoker.outputs["member"] for grant in snap.of_type(PROJECT_IAM))
+    assert sorted(r.urn for r in holders) == sorted(b.urn for b in bindings)
+    for suffix in ("-invoker", "-push"):
+        member = account(snap, suffix).outputs["member"]
+        assert all(grant.inputs["member"] != member for grant in snap.of_type(PROJECT_IAM))
 
 
 @stacks
@@ -333,6 +348,8 @@ def test_handler_is_told_its_queue_invoker_audience_max_attempts_and_token_check
         handler_env.MAX_ATTEMPTS: str(setting(stack, "maxAttempts")),
         handler_env.TASK_DISPATCH_DEADLINE: snap.outputs["task_dispatch_deadline"],
         handler_env.TOKEN_CHECK: setting(stack, "tokenCheck"),
+        handler_env.FIRESTORE_DATABASE: snap.outputs["firestore_database"],
+        handler_env.PUSH_SERVICE_ACCOUNT: account(snap, "-push").outputs["email"],
     }
 
 
@@ -375,7 +392,7 @@ def test_outputs_give_producers_what_they_need_in_the_right_form(stack: str) -> 
 def test_environments_differ_where_they_really_differ(stack: str) -> None:
     dev, prod = stack_file_config("dev"), stack_file_config("prod")
     for key in ("deletionProtection", "minInstances", "maxDispatchesPerSecond", "maxAttempts",
-                "loggingSamplingRatio"):
+                "firestoreDeleteProtection"):
         assert dev[f"tasklane:{key}"] != prod[f"tasklane:{key}"], key
     assert prod["tasklane:deletionProtection"] is True and dev["tasklane:deletionProtection"] is False
 
@@ -396,6 +413,89 @@ def test_a_second_pipeline_is_a_few_lines_and_does_not_collide() -> None:
     assert len(snap.of_type(QUEUE)) == 2 and len(snap.of_type(SERVICE)) == 2
     assert len({r.urn for r in snap.resources}) == len(snap.resources)
     account_ids = [a.inputs["accountId"] for a in snap.of_type(ACCOUNT)]
-    assert len(set(account_ids)) == len(account_ids) == 4
+    assert len(set(account_ids)) == len(account_ids) == 6
+    databases = [d.inputs["name"] for d in snap.of_type(DATABASE)]
+    assert sorted(databases) == ["tasklane-dev-db", "tasklane-reports-db"]
     rates = sorted(q.inputs["rateLimits"]["maxDispatchesPerSecond"] for q in snap.of_type(QUEUE))
     assert rates == [5.0, 20.0]
+
+
+# -- Firestore ---------------------------------------------------------------------------------------
+
+
+@stacks
+def test_the_pipeline_has_its_own_native_firestore_database_from_config(stack: str) -> None:
+    snap = snapshot(stack)
+    database = snap.one(DATABASE).inputs
+    assert database["type"] == "FIRESTORE_NATIVE"
+    assert database["name"] == snap.outputs["firestore_database"] == f"{setting(stack, 'name')}-db"
+    assert database["locationId"] == stack_file_config(stack)["gcp:region"]
+    protected = setting(stack, "firestoreDeleteProtection")
+    assert database["deleteProtectionState"] == ("DELETE_PROTECTION_ENABLED" if protected
+                                                 else "DELETE_PROTECTION_DISABLED")
+    pitr = setting(stack, "firestorePointInTimeRecovery")
+    assert database["pointInTimeRecoveryEnablement"] == ("POINT_IN_TIME_RECOVERY_ENABLED" if pitr
+                                                         else "POINT_IN_TIME_RECOVERY_DISABLED")
+
+
+def test_prod_keeps_its_database_and_its_history_dev_can_be_deleted() -> None:
+    assert snapshot("prod").one(DATABASE).inputs["deleteProtectionState"] == "DELETE_PROTECTION_ENABLED"
+    assert snapshot("prod").one(DATABASE).inputs["pointInTimeRecoveryEnablement"] == "POINT_IN_TIME_RECOVERY_ENABLED"
+    assert snapshot("dev").one(DATABASE).inputs["deleteProtectionState"] == "DELETE_PROTECTION_DISABLED"
+
+
+@stacks
+def test_finished_idempotency_keys_expire_through_a_ttl_policy(stack: str) -> None:
+    from handler import firestore_layout
+
+    snap = snapshot(stack)
+    [field] = snap.of_type(FIELD)
+    assert (field.inputs["collection"], field.inputs["field"]) == (firestore_layout.IDEMPOTENCY_COLLECTION,
+                                                                   firestore_layout.EXPIRY_FIELD)
+    assert field.inputs["database"] == snap.one(DATABASE).outputs["name"]
+    assert field.inputs["ttlConfig"] == {}
+    assert snap.one(DATABASE).urn in field.dependencies
+
+
+def test_database_settings_are_validated() -> None:
+    with pytest.raises(SettingsError, match="tasklane:firestoreDatabase = 'Bad_Name'"):
+        build_stack("dev", overrides={"tasklane:firestoreDatabase": "Bad_Name"})
+    with pytest.raises(SettingsError, match="tasklane:firestoreLocation = 'the moon'.*multi-region"):
+        build_stack("dev", overrides={"tasklane:firestoreLocation": "the moon"})
+    snap = build_stack("dev", overrides={"tasklane:firestoreDatabase": "orders-state",
+                                         "tasklane:firestoreLocation": "nam5"})
+    assert (snap.one(DATABASE).inputs["name"], snap.one(DATABASE).inputs["locationId"]) == ("orders-state", "nam5")
+
+
+# -- Tasks given up unseen ---------------------------------------------------------------------------
+
+
+@stacks
+def test_every_task_operation_is_logged_so_no_give_up_goes_unrecorded(stack: str) -> None:
+    queue = snapshot(stack).one(QUEUE).inputs
+    assert queue["stackdriverLoggingConfig"]["samplingRatio"] == 1.0
+
+
+@stacks
+def test_final_failed_attempts_are_routed_through_pub_sub_to_the_handler(stack: str) -> None:
+    snap = snapshot(stack)
+    project = stack_file_config(stack)["gcp:project"]
+    queue_name = snap.one(QUEUE).outputs["name"]
+    topic = snap.one(TOPIC)
+    sink = snap.one(SINK).inputs
+    assert sink["destination"] == f"pubsub.googleapis.com/projects/{project}/topics/{topic.outputs['name']}"
+    assert sink["uniqueWriterIdentity"] is True
+    assert sink["filter"] == (
+        f'logName="projects/{project}/logs/cloudtasks.googleapis.com%2Ftask_operations_log" '
+        f'AND resource.type="cloud_tasks_queue" AND resource.labels.queue_id="{queue_name}" '
+        'AND jsonPayload.attemptResponseLog:* AND jsonPayload.attemptResponseLog.status!="OK" '
+        "AND NOT jsonPayload.attemptResponseLog.retryTime:*")
+    [publisher] = snap.of_type(TOPIC_IAM)
+    assert (publisher.inputs["role"], publisher.inputs["member"], publisher.inputs["topic"]) == (
+        "roles/pubsub.publisher", snap.one(SINK).outputs["writerIdentity"], topic.outputs["name"])
+    subscription = snap.one(SUBSCRIPTION).inputs
+    push = subscription["pushConfig"]
+    assert push["pushEndpoint"] == snap.one(SERVICE).outputs["uri"] + "/task-operations"
+    assert push["oidcToken"] == {"serviceAccountEmail": account(snap, "-push").outputs["email"],
+                                 "audience": snap.outputs["task_audience"]}
+    assert subscription["expirationPolicy"] == {"ttl": ""}, "an idle subscription must not expire"

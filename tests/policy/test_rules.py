@@ -36,7 +36,8 @@ def one(snap: StackSnapshot, kind: str) -> Registration:
 
 
 def altered(kind: str, change: Callable[[dict[str, Any]], None], stack: str = "dev") -> list[tuple[str, str]]:
-    props = copy.deepcopy(one(snapshot(stack), kind).inputs)
+    # The first of its kind (the service has two invoker bindings: the invoker and the push account).
+    props = copy.deepcopy(next(r for r in snapshot(stack).resources if r.type == kind).inputs)
     change(props)
     return violations(kind, props, stack)
 
@@ -105,3 +106,16 @@ def test_production_without_deletion_protection_is_caught_and_dev_is_not() -> No
 
 def test_the_stack_is_read_from_the_urn() -> None:
     assert stack_of("urn:pulumi:prod-eu::tasklane::gcp:cloudrunv2/service:Service::svc") == "prod-eu"
+
+
+def test_production_without_database_delete_protection_is_caught_and_dev_is_not() -> None:
+    prod = snapshot("prod", (("tasklane:firestoreDeleteProtection", False),))
+    assert stack_violations(prod, "prod") == [(
+        "tasklane-prod-firestore", "prod-deletion-protection",
+        "stack 'prod' leaves delete protection off on the Firestore database 'tasklane-prod-db' (idempotency keys "
+        "and dead letters); keep it on in production")]
+    assert stack_violations(snapshot("dev"), "dev") == []
+    unset = copy.deepcopy(one(snapshot("prod"), "gcp:firestore/database:Database").inputs)
+    del unset["deleteProtectionState"]
+    assert [rule for rule, _ in violations("gcp:firestore/database:Database", unset, "prod")] == [
+        "prod-deletion-protection"]
