@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import logging
 import math
+import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -100,7 +102,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--latency", action="append", default=[], type=_latency, metavar="METHOD=SECONDS",
                         help="slow an RPC down on purpose, e.g. CreateTask=0.02 or '*=0.02' (repeatable)")
     parser.add_argument("--error-rate", type=float, default=0.0, help="fraction of RPCs failed with UNAVAILABLE")
-    return parser.parse_args(argv)
+    parser.add_argument("--task-operations-log", metavar="FILE",
+                        help="append the queues' task-operation records to FILE (JSON lines), as Cloud Logging "
+                             "has them")
+    parser.add_argument("--final-failures-topic", type=_topic_path, metavar="projects/P/topics/T",
+                        help="publish final failed attempts to this Pub/Sub topic, as the deployed log sink does "
+                             "(needs PUBSUB_EMULATOR_HOST)")
+    args = parser.parse_args(argv)
+    if args.final_failures_topic and not os.environ.get("PUBSUB_EMULATOR_HOST"):
+        parser.error("--final-failures-topic needs PUBSUB_EMULATOR_HOST (Google's Pub/Sub emulator); "
+                     "start it with `gcloud beta emulators pubsub start`")
+    return args
+
+
+def _topic_path(text: str) -> str:
+    if not re.fullmatch(r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/topics/[A-Za-z][\w.~+%-]{2,254}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a topic path; write projects/PROJECT/topics/TOPIC")
+    return text
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -112,7 +130,8 @@ async def serve(args: argparse.Namespace) -> None:
         task_tombstone_seconds=args.task_tombstone_seconds, queue_tombstone_seconds=args.queue_tombstone_seconds,
         enforce_rate_limits=not args.ignore_rate_limits, app_engine_url=args.app_engine_url,
         faults=Faults(latency=dict(args.latency), error_rate=args.error_rate, error_code=grpc.StatusCode.UNAVAILABLE),
-        queues=queues)
+        queues=queues, task_operations_log=args.task_operations_log,
+        final_failures_topic=args.final_failures_topic)
     server = EmulatorServer(config)
     await server.start()
     for queue in queues:

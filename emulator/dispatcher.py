@@ -19,7 +19,8 @@ import aiohttp
 from multidict import CIMultiDict
 
 from emulator.clock import Clock
-from emulator.engine import Attempt, Engine, QueueState, TaskState
+from emulator.engine import Attempt, Engine, QueueState, TaskState, rpc_code_for
+from emulator.task_operations_log import AttemptResponse, TaskOperationsLog
 from emulator.tokens import TokenIssuer
 from emulator.validation import FRAMING_HEADER
 
@@ -86,8 +87,10 @@ class AttemptRecord:
 
 class Dispatcher:
     def __init__(self, engine: Engine, tokens: TokenIssuer, clock: Clock, *, enforce_rate_limits: bool = True,
-                 app_engine_url: str | None = None, attempts_kept: int = 10_000) -> None:
+                 app_engine_url: str | None = None, attempts_kept: int = 10_000,
+                 task_log: TaskOperationsLog | None = None) -> None:
         self.engine = engine
+        self.task_log = task_log
         self.tokens = tokens
         self.clock = clock
         self.enforce_rate_limits = enforce_rate_limits
@@ -253,8 +256,37 @@ class Dispatcher:
         finally:
             runtime.in_flight -= 1
         record.status, record.finished = status, self.clock.now()
+        before = self._log_context(attempt)
         record.outcome = self.engine.finish_attempt(attempt, status, retry_after, answered=answered)
+        if before is not None:
+            self._log_attempt(attempt, record, before, answered)
         self.wake()
+
+    def _log_context(self, attempt: Attempt) -> tuple[float, int, int, float] | None:
+        """(sampling ratio, max attempts, responses so far, schedule time) while the task still exists."""
+        state = self.engine.tasks.get(attempt.task_name)
+        queue = self.engine.queues.get(attempt.task_name.split("/tasks/")[0])
+        if self.task_log is None or state is None or queue is None:
+            return None
+        schedule = state.task.last_attempt.schedule_time
+        return (queue.queue.stackdriver_logging_config.sampling_ratio, queue.queue.retry_config.max_attempts,
+                state.task.response_count, schedule.seconds + schedule.nanos / 1e9)
+
+    def _log_attempt(self, attempt: Attempt, record: AttemptRecord, before: tuple[float, int, int, float],
+                     answered: bool) -> None:
+        assert self.task_log is not None
+        ratio, max_attempts, responses, scheduled = before
+        retry_time = None
+        if record.outcome == "retrying":
+            state = self.engine.tasks.get(attempt.task_name)
+            if state is not None:
+                retry_time = state.task.schedule_time.seconds + state.task.schedule_time.nanos / 1e9
+        self.task_log.attempt_finished(AttemptResponse(
+            task_name=attempt.task_name, rpc_code=rpc_code_for(record.status or 0),
+            dispatch_count=attempt.retry_count + 1, response_count=responses + int(answered),
+            max_attempts=max_attempts, schedule_time=scheduled, dispatch_time=attempt.started,
+            finished=record.finished or attempt.started, retry_time=retry_time,
+            target=f"{attempt.method} {record.url}"), ratio)
 
     async def _request(self, attempt: Attempt, url: str, headers: CIMultiDict[str],
                        ) -> tuple[int, float | None, str]:

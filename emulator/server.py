@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +28,7 @@ from emulator.grpc_service import CloudTasksService
 from emulator.http_api import create_http_app
 from emulator.memory import release_free_memory
 from emulator.store import StateFileError, StorageError, Store
+from emulator.task_operations_log import Destination, FinalFailuresTopic, JsonLinesFile, TaskOperationsLog
 from emulator.tokens import TokenIssuer
 
 log = logging.getLogger("emulator")
@@ -49,6 +51,11 @@ class EmulatorConfig:
     faults: Faults = field(default_factory=Faults)
     queues: list[Any] = field(default_factory=list)
     """Queue messages to create (or update) at start."""
+    task_operations_log: str | None = None
+    """A file the queues' task-operation records are appended to, one JSON log entry a line."""
+    final_failures_topic: str | None = None
+    """projects/P/topics/T: final failed attempts are published there (through PUBSUB_EMULATOR_HOST), as the
+    deployed Log Router sink does."""
     prune_interval_seconds: float | None = None
     """How often expired tombstones and old attempt records are dropped (emulated time); by default a
     quarter of the task tombstone window, between 1 s and 60 s."""
@@ -122,9 +129,15 @@ class EmulatorServer:
         except (sqlite3.Error, StorageError, DecodeError, ValueError, TypeError) as error:
             raise StateFileError(f"the state file {config.state_file} cannot be used: it holds data this emulator "
                                  f"cannot read ({type(error).__name__}: {error})") from None
+        destinations: list[Destination] = []
+        if config.task_operations_log:
+            destinations.append(JsonLinesFile(Path(config.task_operations_log)))
+        if config.final_failures_topic:
+            destinations.append(FinalFailuresTopic(config.final_failures_topic))
         self.dispatcher = Dispatcher(self.engine, tokens, config.clock,
                                      enforce_rate_limits=config.enforce_rate_limits,
-                                     app_engine_url=config.app_engine_url)
+                                     app_engine_url=config.app_engine_url,
+                                     task_log=TaskOperationsLog(destinations) if destinations else None)
         from google.protobuf import field_mask_pb2
 
         for queue in config.queues:

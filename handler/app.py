@@ -48,6 +48,8 @@ from handler.openapi import openapi_document
 from handler.order_actions import actions as order_actions
 from handler.orders import decode_order
 from handler.task_context import TaskContext
+from handler.task_operations import ROUTE as TASK_OPERATIONS_ROUTE
+from handler.task_operations import TaskOperationsRoute
 
 TRACE_HEADER = "x-cloud-trace-context"
 IN_PROGRESS_RETRY_AFTER_SECONDS = 10
@@ -221,7 +223,8 @@ class TaskHandler:
 
 def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry | None = None,
                log: StructuredLog | None = None, dead_letters: DeadLetterSink | None = None,
-               idempotency: IdempotencyStore | None = None, verifier: TokenVerifier | None = None) -> Starlette:
+               idempotency: IdempotencyStore | None = None, verifier: TokenVerifier | None = None,
+               push_verifier: TokenVerifier | None = None) -> Starlette:
     """The application, with every collaborator replaceable (tests, other stores and sinks)."""
     config = config or HandlerConfig.from_environment()
     if actions is None:
@@ -234,8 +237,13 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
     log = log or StructuredLog(project_id=config.project_id)
     if verifier is None and config.token_check is not TokenCheck.OFF:
         verifier = TokenVerifier(config)
-    handler = TaskHandler(config, actions, log, dead_letters or LogDeadLetterSink(log),
-                          idempotency or InProcessIdempotencyStore(), verifier)
+    dead_letters = dead_letters or LogDeadLetterSink(log)
+    handler = TaskHandler(config, actions, log, dead_letters, idempotency or InProcessIdempotencyStore(), verifier)
+    if push_verifier is None and config.push_token_check is not TokenCheck.OFF and config.push_service_account:
+        push_verifier = TokenVerifier(config, check=config.push_token_check, email=config.push_service_account,
+                                      who="the push account")
+    task_operations = TaskOperationsRoute(log, dead_letters, push_verifier,
+                                          accept_unsigned=config.push_token_check is TokenCheck.OFF)
     schema: list[bytes] = []  # built on first request: nothing on the path to the first answer
 
     async def health(request: Request) -> Response:
@@ -262,5 +270,6 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
         Route("/", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/process-order", handler.process_order, methods=["POST"]),
+        Route(TASK_OPERATIONS_ROUTE, task_operations.handle, methods=["POST"]),
     ], lifespan=lifespan)
 

@@ -82,10 +82,16 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
 
 class TokenVerifier:
     def __init__(self, config: HandlerConfig, fetch: CertsFetcher = fetch_certs,
-                 clock: Callable[[], float] = time.time, refetch_interval: float = 30.0) -> None:
-        if config.token_check is TokenCheck.OFF:
+                 clock: Callable[[], float] = time.time, refetch_interval: float = 30.0, *,
+                 check: TokenCheck | None = None, email: str | None = None, who: str = "the invoker account") -> None:
+        """Checks tokens for the invoker account by default; `check`, `email` and `who` make one for another
+        caller (the Pub/Sub push account)."""
+        self.check = config.token_check if check is None else check
+        if self.check is TokenCheck.OFF:
             raise ValueError("TokenVerifier needs token_check claims or full")
         self.config = config
+        self.email = config.invoker_service_account if email is None else email
+        self.who = who
         self._fetch = fetch
         self._clock = clock
         self._refetch_interval = refetch_interval
@@ -99,7 +105,7 @@ class TokenVerifier:
         if not authorization or not authorization.startswith("Bearer "):
             raise AuthError(401, "missing bearer token")
         header, payload, signed, signature = _split(authorization[len("Bearer "):].strip())
-        if self.config.token_check is TokenCheck.FULL:
+        if self.check is TokenCheck.FULL:
             try:
                 await self._check_signature(header, signed, signature)
             except AuthError as refusal:
@@ -124,8 +130,8 @@ class TokenVerifier:
             raise AuthError(401, f"token audience {claims.get('aud')!r} is not {self.config.task_audience!r}")
         if claims.get("iss") not in self.config.token_issuers:
             raise AuthError(401, f"token issuer {claims.get('iss')!r} is not accepted")
-        if claims.get("email") != self.config.invoker_service_account:
-            raise AuthError(403, f"token is for {claims.get('email')!r}, not the invoker account")
+        if claims.get("email") != self.email:
+            raise AuthError(403, f"token is for {claims.get('email')!r}, not {self.who}")
         if claims.get("email_verified") is not True:
             raise AuthError(403, "token email is not verified")
 

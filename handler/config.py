@@ -54,6 +54,9 @@ class HandlerConfig:
     """How long a connection may wait, open, before it starts a request."""
     request_read_timeout_seconds: float = DEFAULT_REQUEST_READ_TIMEOUT_SECONDS
     """How long a request may take to arrive whole, from its first byte."""
+    push_service_account: str | None = None
+    """The account Pub/Sub pushes task-operation records as; None refuses every push."""
+    push_token_check: TokenCheck = TokenCheck.OFF
 
     @property
     def project_id(self) -> str | None:
@@ -91,6 +94,14 @@ class HandlerConfig:
                                 (environment.INVOKER_SERVICE_ACCOUNT, invoker)):
                 if not value:
                     problems.append(f"{name} is required when {environment.TOKEN_CHECK}={token_check.value}")
+        raw_push_check = env.get(environment.PUSH_TOKEN_CHECK, token_check.value)
+        try:
+            push_token_check = TokenCheck(raw_push_check)
+        except ValueError:
+            allowed = ", ".join(check.value for check in TokenCheck)
+            problems.append(f"{environment.PUSH_TOKEN_CHECK}={raw_push_check!r}: must be one of {allowed}")
+            push_token_check = TokenCheck.OFF
+        push_account = env.get(environment.PUSH_SERVICE_ACCOUNT) or None
         raw_demo = env.get(environment.DEMO_ACTIONS, "false").lower()
         if raw_demo not in ("true", "false"):
             problems.append(f"{environment.DEMO_ACTIONS}={raw_demo!r}: must be true or false")
@@ -111,6 +122,8 @@ class HandlerConfig:
             demo_actions=raw_demo == "true",
             idle_timeout_seconds=idle_timeout,
             request_read_timeout_seconds=read_timeout,
+            push_service_account=push_account,
+            push_token_check=push_token_check,
         )
 
 

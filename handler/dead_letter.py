@@ -51,6 +51,9 @@ class DeadLetterSink(Protocol):
     async def send(self, letter: DeadLetter) -> None:
         """Store the letter durably, or raise."""
 
+    async def already_recorded(self, queue_name: str | None, task_name: str | None) -> bool:
+        """Whether a letter for this task is stored already (so a give-up is not recorded twice)."""
+
 
 class LogDeadLetterSink:
     """Writes each dead letter as ERROR log entries carrying the whole task.
@@ -61,6 +64,9 @@ class LogDeadLetterSink:
 
     def __init__(self, log: StructuredLog) -> None:
         self.log = log
+
+    async def already_recorded(self, queue_name: str | None, task_name: str | None) -> bool:
+        return False  # log entries cannot be read back from here; Cloud Logging can be searched for both
 
     async def send(self, letter: DeadLetter) -> None:
         letter_id = uuid.uuid4().hex

@@ -47,3 +47,7 @@ FIRESTORE_DATABASE = "TASKLANE_FIRESTORE_DATABASE"
 
 PUSH_SERVICE_ACCOUNT = "TASKLANE_PUSH_SERVICE_ACCOUNT"
 """Email of the account Pub/Sub pushes task-operation records as (the /task-operations route)."""
+
+PUSH_TOKEN_CHECK = "TASKLANE_PUSH_TOKEN_CHECK"
+"""How the /task-operations route checks Pub/Sub's push tokens (off, claims, full); defaults to TOKEN_CHECK.
+Google's Pub/Sub emulator signs nothing, so the local pipeline sets it to off."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
-from handler import firestore_layout
+from handler import firestore_names
 from infra.identities import RUNTIME_DATABASE_ROLES
 from infra.settings import PipelineSettings
 
@@ -46,8 +46,8 @@ def create_database(name: str, settings: PipelineSettings, runtime_member: pulum
         f"{name}-idempotency-ttl",
         project=settings.project,
         database=database.name,
-        collection=firestore_layout.IDEMPOTENCY_COLLECTION,
-        field=firestore_layout.EXPIRY_FIELD,
+        collection=firestore_names.IDEMPOTENCY_COLLECTION,
+        field=firestore_names.EXPIRY_FIELD,
         ttl_config=gcp.firestore.FieldTtlConfigArgs(),
         # A TTL field needs no index; leaving the default single-field index off saves writes.
         index_config=gcp.firestore.FieldIndexConfigArgs(),

@@ -25,13 +25,13 @@ PUBLISHER = "roles/pubsub.publisher"
 RUN_INVOKER = "roles/run.invoker"
 
 
-def final_failure_filter(project: str, queue_id: pulumi.Input[str]) -> pulumi.Output[str]:
-    """The Logging query for this queue's failed attempts after which Cloud Tasks will not try again."""
-    return pulumi.Output.concat(
-        f'logName="projects/{project}/logs/{TASK_OPERATIONS_LOG}" AND resource.type="cloud_tasks_queue" ',
-        'AND resource.labels.queue_id="', queue_id, '" ',
-        'AND jsonPayload.attemptResponseLog:* AND jsonPayload.attemptResponseLog.status!="OK" ',
-        "AND NOT jsonPayload.attemptResponseLog.retryTime:*")
+def final_failure_query(project: str, queue_id: str) -> str:
+    """The Logging query for this queue's failed attempts after which Cloud Tasks will not try again
+    (emulator/task_operations_log.py `is_final_failure` is the same rule, for the local pipeline)."""
+    return (f'logName="projects/{project}/logs/{TASK_OPERATIONS_LOG}" AND resource.type="cloud_tasks_queue" '
+            f'AND resource.labels.queue_id="{queue_id}" '
+            'AND jsonPayload.attemptResponseLog:* AND jsonPayload.attemptResponseLog.status!="OK" '
+            "AND NOT jsonPayload.attemptResponseLog.retryTime:*")
 
 
 def route_final_failures(name: str, settings: PipelineSettings, *, queue: gcp.cloudtasks.Queue,
@@ -47,7 +47,7 @@ def route_final_failures(name: str, settings: PipelineSettings, *, queue: gcp.cl
         f"{name}-final-failures",
         project=settings.project,
         destination=pulumi.Output.concat("pubsub.googleapis.com/", topic.id),
-        filter=final_failure_filter(settings.project, queue.name),
+        filter=queue.name.apply(lambda queue_id: final_failure_query(settings.project, queue_id)),
         unique_writer_identity=True,
         description="Tasklane: this queue's final failed attempts, to the handler's /task-operations route.",
         opts=opts,

@@ -137,16 +137,18 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
     stack: list[Any] = []
 
     def make(state_file: str | None = None, rate: float = 500, clock: ManualClock | None = None,
-             audience: str | None = None, ports: tuple[int, int] | None = None) -> Pipeline:
+             audience: str | None = None, ports: tuple[int, int] | None = None,
+             final_failures_topic: str | None = None) -> Pipeline:
         clock = clock or ManualClock(start=time.time())
         grpc_port, http_port = ports or (0, 0)
         emulator = start_emulator(EmulatorConfig(clock=clock, state_file=state_file, grpc_port=grpc_port,
-                                                 http_port=http_port))
+                                                 http_port=http_port, final_failures_topic=final_failures_topic))
         stack.append(emulator)
         client = emulator_client(emulator)
         if QUEUE not in [q.name for q in client.list_queues(parent=PARENT)]:
             client.create_queue(parent=PARENT, queue={"name": QUEUE, "rate_limits": {
-                "max_dispatches_per_second": rate}, "retry_config": {
+                "max_dispatches_per_second": rate}, "stackdriver_logging_config": {"sampling_ratio": 1.0},
+                "retry_config": {
                 "max_attempts": MAX_ATTEMPTS, "min_backoff": "1s", "max_backoff": "10s", "max_doublings": 2}})
         port = free_port()
         handler_url = f"http://127.0.0.1:{port}"
@@ -154,7 +156,8 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
         config = HandlerConfig(queue_path=QUEUE, invoker_service_account=INVOKER, task_audience=handler_url,
                                max_attempts=MAX_ATTEMPTS, token_check=TokenCheck.FULL,
                                token_issuers=(emulator.http_url,),
-                               token_certs_url=f"{emulator.http_url}/oauth2/v1/certs")
+                               token_certs_url=f"{emulator.http_url}/oauth2/v1/certs",
+                               push_token_check=TokenCheck.OFF)  # Google's Pub/Sub emulator signs no pushes
         structured = StructuredLog(project_id="tasklane-e2e", writer=log.write)
         app = create_app(config, actions=e2e_actions(), log=structured, dead_letters=LogDeadLetterSink(structured),
                          verifier=TokenVerifier(config, clock=clock.now))

@@ -53,6 +53,12 @@ class RecordingSink:
             raise OSError("dead-letter store unavailable")
         self.letters.append(letter)
 
+    async def already_recorded(self, queue_name: str | None, task_name: str | None) -> bool:
+        if self.fail:
+            raise OSError("dead-letter store unavailable")
+        return any((letter.task.queue_name, letter.task.task_name) == (queue_name, task_name)
+                   for letter in self.letters)
+
 
 def task_headers(task_name: str = "task-1", retry_count: int = 0, **extra: str) -> dict[str, str]:
     """Headers as Cloud Tasks sends them for one attempt."""

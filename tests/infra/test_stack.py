@@ -446,12 +446,12 @@ def test_prod_keeps_its_database_and_its_history_dev_can_be_deleted() -> None:
 
 @stacks
 def test_finished_idempotency_keys_expire_through_a_ttl_policy(stack: str) -> None:
-    from handler import firestore_layout
+    from handler import firestore_names
 
     snap = snapshot(stack)
     [field] = snap.of_type(FIELD)
-    assert (field.inputs["collection"], field.inputs["field"]) == (firestore_layout.IDEMPOTENCY_COLLECTION,
-                                                                   firestore_layout.EXPIRY_FIELD)
+    assert (field.inputs["collection"], field.inputs["field"]) == (firestore_names.IDEMPOTENCY_COLLECTION,
+                                                                   firestore_names.EXPIRY_FIELD)
     assert field.inputs["database"] == snap.one(DATABASE).outputs["name"]
     assert field.inputs["ttlConfig"] == {}
     assert snap.one(DATABASE).urn in field.dependencies
