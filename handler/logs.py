@@ -80,7 +80,8 @@ class StructuredLog:
     def exception(self, message: str, error: BaseException, **kwargs: Any) -> None:
         """An ERROR entry carrying the traceback, in the form Error Reporting picks up."""
         stack = "".join(traceback.format_exception(error))
-        self.emit("ERROR", f"{message}\n{stack}", stack_trace=stack, extra={"@type": ERROR_EVENT_TYPE}, **kwargs)
+        self.emit("ERROR", f"{message}\n{stack}", stack_trace=stack, error_class=type(error).__name__,
+                  extra={"@type": ERROR_EVENT_TYPE}, **kwargs)
 
 
 class CloudLoggingFormatter(logging.Formatter):
