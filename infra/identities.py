@@ -9,8 +9,8 @@ import pulumi_gcp as gcp
 
 from infra.settings import PipelineSettings
 
-# What the handler itself needs at run time: writing its logs and metrics. Nothing else.
-RUNTIME_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+# What the handler itself needs at run time: writing its logs, metrics and trace spans. Nothing else.
+RUNTIME_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter", "roles/cloudtrace.agent")
 # A service agent created on request gets no roles; this one carries iam.serviceAccounts.getOpenIdToken,
 # without which Cloud Tasks cannot mint the tasks' OIDC tokens. (IAM docs, "Create and grant roles to
 # service agents"; Cloud Tasks roles reference.)

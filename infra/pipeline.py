@@ -1,7 +1,8 @@
 """`TaskPipeline`: one Cloud Tasks queue delivering authenticated tasks to one private Cloud Run service.
 
 Everything the pipeline needs is declared inside this component, grouped by purpose (API enablement,
-image, identities, service, queue, Firestore, access, routing of unseen failures), so a second pipeline is a few lines:
+image, identities, service, queue, Firestore, access, routing of unseen failures, observability), so a
+second pipeline is a few lines:
 
     reports = TaskPipeline("reports", dataclasses.replace(settings, name="tasklane-reports"))
 """
@@ -18,6 +19,7 @@ from infra.apis import enable_apis
 from infra.firestore import create_database
 from infra.identities import create_identities
 from infra.image import HANDLER_DIR, build_handler_image, create_repository
+from infra.observability import create_alerts, create_dashboard, create_log_metrics
 from infra.queue import create_queue, queue_path
 from infra.service import create_service, default_task_audience
 from infra.settings import PipelineSettings, format_duration
@@ -33,6 +35,7 @@ class TaskPipeline(pulumi.ComponentResource):
     task_audience: pulumi.Output[str]
     image_ref: pulumi.Output[str]
     firestore_database: pulumi.Output[str]
+    dashboard_url: pulumi.Output[str]
 
     def __init__(self, name: str, settings: PipelineSettings, opts: pulumi.ResourceOptions | None = None,
                  handler_dir: Path = HANDLER_DIR) -> None:
@@ -65,6 +68,9 @@ class TaskPipeline(pulumi.ComponentResource):
         grant_access(name, settings, identities=identities, service=service, queue=queue, opts=child)
         route_final_failures(name, settings, queue=queue, service=service, push_account=identities.push,
                              task_audience=task_audience, opts=child)
+        metrics = create_log_metrics(name, settings, child)
+        _, dashboard_url = create_dashboard(name, settings, queue, child)
+        create_alerts(name, settings, queue, metrics, child)
 
         self.service_url = service.uri
         self.queue_path = path
@@ -72,6 +78,7 @@ class TaskPipeline(pulumi.ComponentResource):
         self.task_audience = task_audience
         self.image_ref = image.ref
         self.firestore_database = database.name
+        self.dashboard_url = dashboard_url
         self.task_dispatch_deadline = format_duration(settings.task_dispatch_deadline_seconds)
         self.register_outputs({
             "service_url": self.service_url,
@@ -80,4 +87,5 @@ class TaskPipeline(pulumi.ComponentResource):
             "task_audience": self.task_audience,
             "image_ref": self.image_ref,
             "firestore_database": self.firestore_database,
+            "dashboard_url": self.dashboard_url,
         })

@@ -20,6 +20,7 @@ def main() -> TaskPipeline:
     pulumi.export("task_audience", pipeline.task_audience)
     pulumi.export("image_ref", pipeline.image_ref)
     pulumi.export("firestore_database", pipeline.firestore_database)
+    pulumi.export("dashboard_url", pipeline.dashboard_url)
     pulumi.export("task_dispatch_deadline", pipeline.task_dispatch_deadline)
     pulumi.export("region", settings.region)
     pulumi.export("project", settings.project)

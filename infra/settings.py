@@ -57,6 +57,11 @@ CONFIG_KEYS: dict[str, str] = {
     "max_retry_duration_seconds": "tasklane:maxRetryDuration",
     "logging_sampling_ratio": "tasklane:loggingSamplingRatio",
     "producer_members": "tasklane:producerMembers",
+    "alert_emails": "tasklane:alertEmails",
+    "alert_channels": "tasklane:alertChannels",
+    "backlog_alert_depth": "tasklane:backlogAlertDepth",
+    "backlog_alert_minutes": "tasklane:backlogAlertMinutes",
+    "error_ratio_alert": "tasklane:errorRatioAlert",
 }
 
 # Ingress config values and the Cloud Run v2 enum each stands for.
@@ -154,6 +159,11 @@ class PipelineSettings:
     max_retry_duration_seconds: float
     logging_sampling_ratio: float
     producer_members: tuple[str, ...]
+    alert_emails: tuple[str, ...]
+    alert_channels: tuple[str, ...]
+    backlog_alert_depth: int
+    backlog_alert_minutes: int
+    error_ratio_alert: float
 
     def __post_init__(self) -> None:
         problems = validation_problems(self)
@@ -301,6 +311,18 @@ def validation_problems(s: PipelineSettings) -> list[str]:
           "must not be negative (0 means no time limit)")
     check(0.0 <= s.logging_sampling_ratio <= 1.0, "logging_sampling_ratio", "must be between 0.0 and 1.0")
 
+    for index, email in enumerate(s.alert_emails):
+        if not re.fullmatch(_EMAIL, email):
+            problems.append(f"{CONFIG_KEYS['alert_emails']}[{index}] = {email!r}: is not an email address")
+    for index, channel in enumerate(s.alert_channels):
+        if not re.fullmatch(r"projects/[^/\s]+/notificationChannels/\d+", channel):
+            problems.append(f"{CONFIG_KEYS['alert_channels']}[{index}] = {channel!r}: must be a notification "
+                            "channel's name, projects/PROJECT/notificationChannels/ID "
+                            "(`gcloud beta monitoring channels list`)")
+    check(s.backlog_alert_depth >= 1, "backlog_alert_depth", "must be at least 1 task")
+    check(1 <= s.backlog_alert_minutes <= 1440, "backlog_alert_minutes", "must be between 1 and 1440 minutes")
+    check(0 < s.error_ratio_alert < 1, "error_ratio_alert",
+          "must be a fraction of requests above 0 and below 1, e.g. 0.05 for 5 %")
     for index, member in enumerate(s.producer_members):
         key = f"{CONFIG_KEYS['producer_members']}[{index}] = {member!r}"
         if member in PUBLIC_MEMBERS:
@@ -431,6 +453,11 @@ def load_settings(config: ConfigSource | None = None, gcp_config: ConfigSource |
     read("firestore_delete_protection", _parse_bool)
     read("cpu_always_allocated", _parse_bool)
     read("producer_members", _parse_members)
+    read("alert_emails", _parse_members)
+    read("alert_channels", _parse_members)
+    read("backlog_alert_depth", _parse_int)
+    read("backlog_alert_minutes", _parse_int)
+    read("error_ratio_alert", _parse_number)
 
     if problems:
         raise SettingsError(problems)

@@ -10,8 +10,10 @@ from pulumi_policy import (
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
-from rules import RULES, Rule, stack_of
+from rules import RULES, STACK_RULES, Rule, StackRule, stack_of
 
 
 def _validator(rule: Rule):  # type: ignore[no-untyped-def]
@@ -21,9 +23,21 @@ def _validator(rule: Rule):  # type: ignore[no-untyped-def]
     return validate
 
 
+def _stack_validator(rule: StackRule):  # type: ignore[no-untyped-def]
+    def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+        if not args.resources:
+            return
+        resources = [(resource.resource_type, resource.props) for resource in args.resources]
+        for message in rule.check(resources, stack_of(args.resources[0].urn)):
+            report_violation(message)
+    return validate
+
+
 PolicyPack(
     name="tasklane-guardrails",
     enforcement_level=EnforcementLevel.MANDATORY,
     policies=[ResourceValidationPolicy(name=rule.name, description=rule.description, validate=_validator(rule))
-              for rule in RULES],
+              for rule in RULES]
+    + [StackValidationPolicy(name=rule.name, description=rule.description, validate=_stack_validator(rule))
+       for rule in STACK_RULES],
 )

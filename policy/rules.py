@@ -18,6 +18,7 @@ SERVICE_IAM_TYPES = ("gcp:cloudrunv2/serviceIamMember:ServiceIamMember",
                      "gcp:cloudrunv2/serviceIamPolicy:ServiceIamPolicy")
 QUEUE = "gcp:cloudtasks/queue:Queue"
 DATABASE = "gcp:firestore/database:Database"
+ALERT_POLICY = "gcp:monitoring/alertPolicy:AlertPolicy"
 PUBLIC = ("allUsers", "allAuthenticatedUsers")
 DEFAULT_COMPUTE_ACCOUNT = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
 CLOUD_RUN_DEFAULT_TIMEOUT = 300.0
@@ -125,6 +126,37 @@ RULES = (
          timeout_covers_deadline),
     Rule("prod-deletion-protection", "Production stacks keep deletion protection on (service and database).",
          prod_deletion_protection),
+)
+
+
+@dataclass(frozen=True)
+class StackRule:
+    name: str
+    description: str
+    check: Callable[[list[tuple[str, Props]], str], list[str]]
+    """(every resource's (type, properties), stack name) -> violation messages."""
+
+
+def _is_dead_letter_alert(props: Props) -> bool:
+    """An alert on the dead-letter metric for every kind (not narrowed to one kind by a label)."""
+    for condition in props.get("conditions") or []:
+        filter_ = str((condition.get("conditionThreshold") or {}).get("filter", ""))
+        if re.search(r'metric\.type="logging\.googleapis\.com/user/[^"]+/dead_letters"', filter_) and \
+                "metric.label.kind" not in filter_:
+            return True
+    return False
+
+
+def prod_has_dead_letter_alert(resources: list[tuple[str, Props]], stack: str) -> list[str]:
+    if not stack.startswith("prod"):
+        return []
+    if any(kind == ALERT_POLICY and _is_dead_letter_alert(props) for kind, props in resources):
+        return []
+    return [f"stack {stack!r} has no alert on dead letters; a production task that dies must page someone"]
+
+
+STACK_RULES = (
+    StackRule("prod-dead-letter-alert", "Production stacks alert on every dead letter.", prod_has_dead_letter_alert),
 )
 
 

@@ -206,7 +206,7 @@ def test_runtime_account_can_only_write_logs_and_metrics_and_use_its_own_databas
     grants = [grant for grant in snap.resources if grant.type in (PROJECT_IAM, ACCOUNT_IAM, SERVICE_IAM, QUEUE_IAM)
               and grant.inputs["member"] == runtime_member]
     unconditioned = sorted(grant.inputs["role"] for grant in grants if "condition" not in grant.inputs)
-    assert unconditioned == sorted(RUNTIME_PROJECT_ROLES) == ["roles/logging.logWriter",
+    assert unconditioned == sorted(RUNTIME_PROJECT_ROLES) == ["roles/cloudtrace.agent", "roles/logging.logWriter",
                                                               "roles/monitoring.metricWriter"]
     [database_grant] = [grant for grant in grants if "condition" in grant.inputs]
     database = snap.one(DATABASE).inputs["name"]

@@ -28,7 +28,9 @@ resource_type, props, urn = json.loads(sys.stdin.read())
 reports: dict[str, list[str]] = {}
 for policy in captured["policies"]:
     found: list[str] = []
-    args = SimpleNamespace(resource_type=resource_type, props=props, urn=urn, name="r")
+    resource = SimpleNamespace(resource_type=resource_type, props=props, urn=urn, name="r")
+    # A stack policy sees every resource of the stack: here, the one resource given.
+    args = SimpleNamespace(resources=[resource]) if type(policy).__name__ == "StackValidationPolicy" else resource
     policy.validate(args, lambda message, urn=None, found=found: found.append(message))
     reports[policy.name] = found
 print(json.dumps({"name": captured["name"], "level": captured["level"], "reports": reports}))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from policy.rules import RULES, SERVICE
+from policy.rules import RULES, SERVICE, STACK_RULES
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY_PYTHON = REPO / "policy" / ".venv" / "bin" / "python"
@@ -35,10 +35,10 @@ def test_the_pack_runs_every_rule_as_mandatory_and_reports_violations() -> None:
     outcome = run_pack(SERVICE, unsafe, "urn:pulumi:prod::tasklane::gcp:cloudrunv2/service:Service::svc")
     assert outcome["name"] == "tasklane-guardrails"
     assert "MANDATORY" in outcome["level"].upper()
-    assert sorted(outcome["reports"]) == sorted(rule.name for rule in RULES)
+    assert sorted(outcome["reports"]) == sorted(rule.name for rule in (*RULES, *STACK_RULES))
     reported = {name for name, messages in outcome["reports"].items() if messages}
     assert reported == {"no-public-invoker", "no-default-compute-account", "image-pinned-by-digest",
-                        "prod-deletion-protection"}
+                        "prod-deletion-protection", "prod-dead-letter-alert"}
 
 
 def test_a_safe_resource_reports_nothing() -> None:
@@ -46,5 +46,5 @@ def test_a_safe_resource_reports_nothing() -> None:
         "serviceAccount": "runtime@p.iam.gserviceaccount.com", "timeout": "600s",
         "containers": [{"image": "r/handler@sha256:" + "a" * 64,
                         "envs": [{"name": "TASKLANE_TASK_DISPATCH_DEADLINE", "value": "600s"}]}]}}
-    outcome = run_pack(SERVICE, safe, "urn:pulumi:prod::tasklane::gcp:cloudrunv2/service:Service::svc")
+    outcome = run_pack(SERVICE, safe, "urn:pulumi:dev::tasklane::gcp:cloudrunv2/service:Service::svc")
     assert all(messages == [] for messages in outcome["reports"].values())

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from policy.rules import QUEUE, SERVICE, stack_of, violations
+from policy.rules import QUEUE, SERVICE, STACK_RULES, stack_of, violations
 from tests.infra.harness import Registration, StackSnapshot, build_stack, stack_names
 
 SERVICE_IAM = "gcp:cloudrunv2/serviceIamMember:ServiceIamMember"
@@ -21,8 +21,10 @@ def snapshot(stack: str, overrides: tuple[tuple[str, Any], ...] = ()) -> StackSn
 
 
 def stack_violations(snap: StackSnapshot, stack: str) -> list[tuple[str, str, str]]:
-    return [(resource.name, rule, message) for resource in snap.resources
-            for rule, message in violations(resource.type, resource.inputs, stack)]
+    found = [(resource.name, rule, message) for resource in snap.resources
+             for rule, message in violations(resource.type, resource.inputs, stack)]
+    resources = [(resource.type, resource.inputs) for resource in snap.resources]
+    return found + [("(stack)", rule.name, message) for rule in STACK_RULES for message in rule.check(resources, stack)]
 
 
 @pytest.mark.parametrize("stack", stack_names())
@@ -119,3 +121,13 @@ def test_production_without_database_delete_protection_is_caught_and_dev_is_not(
     del unset["deleteProtectionState"]
     assert [rule for rule, _ in violations("gcp:firestore/database:Database", unset, "prod")] == [
         "prod-deletion-protection"]
+
+
+def test_a_production_stack_without_the_dead_letter_alert_is_caught() -> None:
+    snap = snapshot("prod")
+    without = StackSnapshot([r for r in snap.resources if not r.name.endswith("-alert-dead-letter")], snap.outputs)
+    assert stack_violations(without, "prod") == [(
+        "(stack)", "prod-dead-letter-alert",
+        "stack 'prod' has no alert on dead letters; a production task that dies must page someone")]
+    # The gave-up alert (one kind only) does not count as the dead-letter alert; dev needs neither.
+    assert stack_violations(without, "dev") == []
