@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from opentelemetry import trace as otel_trace
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -50,6 +51,7 @@ from handler.orders import decode_order
 from handler.task_context import TaskContext
 from handler.task_operations import ROUTE as TASK_OPERATIONS_ROUTE
 from handler.task_operations import TaskOperationsRoute
+from handler.tracing import TRACER_NAME, Tracing, tracer_provider
 
 TRACE_HEADER = "x-cloud-trace-context"
 IN_PROGRESS_RETRY_AFTER_SECONDS = 10
@@ -73,8 +75,9 @@ class TaskHandler:
 
     def __init__(self, config: HandlerConfig, actions: ActionRegistry, log: StructuredLog,
                  dead_letters: DeadLetterSink, idempotency: IdempotencyStore,
-                 verifier: TokenVerifier | None) -> None:
+                 verifier: TokenVerifier | None, tracing: Tracing | None = None) -> None:
         self.config = config
+        self.tracing = tracing or Tracing(None)
         self.actions = actions
         self.log = log
         self.dead_letters = dead_letters
@@ -84,7 +87,10 @@ class TaskHandler:
     async def process_order(self, request: Request) -> Response:
         headers = request.headers
         task = TaskContext.from_headers(headers)
-        trace = headers.get(TRACE_HEADER)
+        with self.tracing.attempt(headers, task) as trace:
+            return await self._process_traced(request, task, trace)
+
+    async def _process_traced(self, request: Request, task: TaskContext, trace: str | None) -> Response:
         received = _Received()
         try:
             return await self._process(request, task, trace, received)
@@ -145,7 +151,8 @@ class TaskHandler:
                              {"Retry-After": str(IN_PROGRESS_RETRY_AFTER_SECONDS)})
 
         try:
-            await action(order, task, ActionLog(self.log, task, trace))
+            with self.tracing.action(order.action, trace) as action_trace:
+                await action(order, task, ActionLog(self.log, task, action_trace))
         except RejectTask as rejection:
             return await self._reject(request, task, trace, body, f"{order.action}: {rejection}", key=key)
         except RetryableError as failure:
@@ -224,7 +231,7 @@ class TaskHandler:
 def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry | None = None,
                log: StructuredLog | None = None, dead_letters: DeadLetterSink | None = None,
                idempotency: IdempotencyStore | None = None, verifier: TokenVerifier | None = None,
-               push_verifier: TokenVerifier | None = None) -> Starlette:
+               push_verifier: TokenVerifier | None = None, tracer: otel_trace.Tracer | None = None) -> Starlette:
     """The application, with every collaborator replaceable (tests, other stores and sinks)."""
     config = config or HandlerConfig.from_environment()
     if actions is None:
@@ -238,7 +245,11 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
     if verifier is None and config.token_check is not TokenCheck.OFF:
         verifier = TokenVerifier(config)
     dead_letters = dead_letters or LogDeadLetterSink(log)
-    handler = TaskHandler(config, actions, log, dead_letters, idempotency or InProcessIdempotencyStore(), verifier)
+    if tracer is None:
+        provider = tracer_provider(config.trace_exporter, log, config.project_id)
+        tracer = provider.get_tracer(TRACER_NAME) if provider is not None else None
+    handler = TaskHandler(config, actions, log, dead_letters, idempotency or InProcessIdempotencyStore(), verifier,
+                          Tracing(tracer))
     if push_verifier is None and config.push_token_check is not TokenCheck.OFF and config.push_service_account:
         push_verifier = TokenVerifier(config, check=config.push_token_check, email=config.push_service_account,
                                       who="the push account")

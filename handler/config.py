@@ -34,6 +34,14 @@ class TokenCheck(StrEnum):
     """Everything in CLAIMS plus the RS256 signature against the published keys."""
 
 
+class TraceExporter(StrEnum):
+    """Where the handler's spans go (handler/tracing.py)."""
+
+    OFF = "off"
+    LOG = "log"
+    CLOUD_TRACE = "cloud-trace"
+
+
 class ConfigError(ValueError):
     pass
 
@@ -57,6 +65,8 @@ class HandlerConfig:
     push_service_account: str | None = None
     """The account Pub/Sub pushes task-operation records as; None refuses every push."""
     push_token_check: TokenCheck = TokenCheck.OFF
+    trace_exporter: TraceExporter = TraceExporter.OFF
+    """Where spans go: Cloud Trace when deployed, the log locally, or nowhere."""
 
     @property
     def project_id(self) -> str | None:
@@ -102,6 +112,13 @@ class HandlerConfig:
             problems.append(f"{environment.PUSH_TOKEN_CHECK}={raw_push_check!r}: must be one of {allowed}")
             push_token_check = TokenCheck.OFF
         push_account = env.get(environment.PUSH_SERVICE_ACCOUNT) or None
+        raw_exporter = env.get(environment.TRACE_EXPORTER, TraceExporter.OFF.value)
+        try:
+            trace_exporter = TraceExporter(raw_exporter)
+        except ValueError:
+            allowed = ", ".join(exporter.value for exporter in TraceExporter)
+            problems.append(f"{environment.TRACE_EXPORTER}={raw_exporter!r}: must be one of {allowed}")
+            trace_exporter = TraceExporter.OFF
         raw_demo = env.get(environment.DEMO_ACTIONS, "false").lower()
         if raw_demo not in ("true", "false"):
             problems.append(f"{environment.DEMO_ACTIONS}={raw_demo!r}: must be true or false")
@@ -124,6 +141,7 @@ class HandlerConfig:
             request_read_timeout_seconds=read_timeout,
             push_service_account=push_account,
             push_token_check=push_token_check,
+            trace_exporter=trace_exporter,
         )
 
 

@@ -51,3 +51,6 @@ PUSH_SERVICE_ACCOUNT = "TASKLANE_PUSH_SERVICE_ACCOUNT"
 PUSH_TOKEN_CHECK = "TASKLANE_PUSH_TOKEN_CHECK"
 """How the /task-operations route checks Pub/Sub's push tokens (off, claims, full); defaults to TOKEN_CHECK.
 Google's Pub/Sub emulator signs nothing, so the local pipeline sets it to off."""
+
+TRACE_EXPORTER = "TASKLANE_TRACE_EXPORTER"
+"""Where the handler's spans go: cloud-trace (deployed), log (make local: one log line per span) or off."""

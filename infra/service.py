@@ -43,6 +43,7 @@ def create_service(
         handler_env.TOKEN_CHECK: settings.token_check,
         handler_env.FIRESTORE_DATABASE: firestore_database,
         handler_env.PUSH_SERVICE_ACCOUNT: push_account_email,
+        handler_env.TRACE_EXPORTER: "cloud-trace",
     }
     return gcp.cloudrunv2.Service(
         f"{name}-service",

@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             "PORT": str(args.handler_port), "HOST": args.host, "TASKLANE_QUEUE_PATH": queue_path,
             "TASKLANE_INVOKER_SERVICE_ACCOUNT": invoker, "TASKLANE_TASK_AUDIENCE": service_url,
             "TASKLANE_MAX_ATTEMPTS": str(settings.max_attempts), "TASKLANE_TOKEN_CHECK": "full",
+            "TASKLANE_TRACE_EXPORTER": "log",
             "TASKLANE_TOKEN_ISSUERS": emulator_url, "TASKLANE_TOKEN_CERTS_URL": f"{emulator_url}/oauth2/v1/certs",
             "TASKLANE_DEMO_ACTIONS": "true"}, state_dir))
         print(f"▶ handler on {service_url} (checks the emulator's tokens in full; log: {state_dir / 'handler.log'})",

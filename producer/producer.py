@@ -32,6 +32,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from handler.delivery_check import VERIFY_ACTION
 from producer.config import ProducerConfig
+from producer.tracing import TRACEPARENT, current_traceparent
 
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")  # always fullmatch: `$` would let a final newline through
 MAX_BODY_BYTES = 1024 * 1024 - 16 * 1024  # the whole task must stay under 1 MiB; leave room for the rest
@@ -197,7 +198,8 @@ class TaskProducer:
             raise InvalidTask(f"payload is {len(body)} bytes as JSON; a task holds at most {MAX_BODY_BYTES} bytes")
 
         task: dict[str, Any] = {"http_request": {
-            "url": self.config.task_url, "http_method": "POST", "headers": {"Content-Type": "application/json"},
+            "url": self.config.task_url, "http_method": "POST", "headers": {"Content-Type": "application/json",
+                                                                             TRACEPARENT: current_traceparent()},
             "body": body, "oidc_token": {"service_account_email": self.config.invoker_service_account,
                                          "audience": self.config.task_audience}}}
         if task_id is not None:

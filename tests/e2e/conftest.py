@@ -138,7 +138,7 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
 
     def make(state_file: str | None = None, rate: float = 500, clock: ManualClock | None = None,
              audience: str | None = None, ports: tuple[int, int] | None = None,
-             final_failures_topic: str | None = None) -> Pipeline:
+             final_failures_topic: str | None = None, tracer: Any = None) -> Pipeline:
         clock = clock or ManualClock(start=time.time())
         grpc_port, http_port = ports or (0, 0)
         emulator = start_emulator(EmulatorConfig(clock=clock, state_file=state_file, grpc_port=grpc_port,
@@ -160,7 +160,7 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
                                push_token_check=TokenCheck.OFF)  # Google's Pub/Sub emulator signs no pushes
         structured = StructuredLog(project_id="tasklane-e2e", writer=log.write)
         app = create_app(config, actions=e2e_actions(), log=structured, dead_letters=LogDeadLetterSink(structured),
-                         verifier=TokenVerifier(config, clock=clock.now))
+                         verifier=TokenVerifier(config, clock=clock.now), tracer=tracer)
         handler = HandlerThread(app, port).__enter__()
         stack.append(handler)
         producer_config = ProducerConfig(queue_path=QUEUE, service_url=handler_url, invoker_service_account=INVOKER,

@@ -350,6 +350,7 @@ def test_handler_is_told_its_queue_invoker_audience_max_attempts_and_token_check
         handler_env.TOKEN_CHECK: setting(stack, "tokenCheck"),
         handler_env.FIRESTORE_DATABASE: snap.outputs["firestore_database"],
         handler_env.PUSH_SERVICE_ACCOUNT: account(snap, "-push").outputs["email"],
+        handler_env.TRACE_EXPORTER: "cloud-trace",
     }
 
 
