@@ -23,8 +23,9 @@ from emulator.clock import Clock, SystemClock
 from emulator.dispatcher import Dispatcher
 from emulator.engine import DEFAULT_QUEUE_TOMBSTONE_SECONDS, DEFAULT_TASK_TOMBSTONE_SECONDS, Engine
 from emulator.faults import Faults
-from emulator.grpc_service import CloudTasksService
+from emulator.grpc_service import grpc_handlers
 from emulator.http_api import create_http_app
+from emulator.rpc import CloudTasksApi
 from emulator.store import StateFileError, StorageError, Store
 from emulator.tokens import TokenIssuer
 
@@ -131,8 +132,8 @@ class EmulatorServer:
 
         self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * 1024 * 1024),
                                               ("grpc.so_reuseport", 0)])
-        self._grpc.add_generic_rpc_handlers((CloudTasksService(self.engine, self.dispatcher,
-                                                               config.faults).handlers(),))
+        api = CloudTasksApi(self.engine, self.dispatcher, config.faults)
+        self._grpc.add_generic_rpc_handlers((grpc_handlers(api),))
         if config.grpc_port:  # a clear reason now, rather than gRPC's own log line and a bare failure
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 try:
@@ -149,7 +150,7 @@ class EmulatorServer:
                           "not available")
         await self._grpc.start()
 
-        app = create_http_app(self.engine, self.dispatcher, tokens, config.faults, self.http_url)
+        app = create_http_app(api, tokens, self.http_url)
         self._http = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         self._http_task = asyncio.create_task(self._http.serve(sockets=[http_socket]))
         while not self._http.started:
