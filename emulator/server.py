@@ -33,6 +33,11 @@ log = logging.getLogger("emulator")
 EMULATOR_HOST_VARIABLE = "CLOUD_TASKS_EMULATOR_HOST"
 
 
+def gcloud_environment(http_url: str) -> dict[str, str]:
+    """What points an unmodified gcloud at an emulator's REST surface, sending no credentials."""
+    return {"CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDTASKS": f"{http_url}/", "CLOUDSDK_AUTH_DISABLE_CREDENTIALS": "true"}
+
+
 @dataclass
 class EmulatorConfig:
     host: str = "127.0.0.1"
