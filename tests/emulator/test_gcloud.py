@@ -49,8 +49,9 @@ def test_the_tutorials_commands_run_verbatim(emulator: EmulatorServer, gcloud: G
                  "maxDispatchesPerSecond: 50.0", "maxConcurrentDispatches: 20", "maxAttempts: 5", "minBackoff: 1s",
                  "maxBackoff: 60s", "maxDoublings: 4", "maxRetryDuration: 600s", "state: RUNNING"):
         assert line in described
+    in_an_hour = int(emulator.config.clock.now()) + 3600
     client_for(emulator).create_task(parent=f"{PARENT}/queues/my-queue", task={
-        "name": f"{PARENT}/queues/my-queue/tasks/listed", "schedule_time": {"seconds": int(emulator.config.clock.now()) + 3600},
+        "name": f"{PARENT}/queues/my-queue/tasks/listed", "schedule_time": {"seconds": in_an_hour},
         "http_request": {"url": "https://example.com/"}})
     listed = gcloud("tasks", "list", "--queue=my-queue", "--location=us-central1", "--limit=10")
     assert [line.split()[0] for line in listed.splitlines()] == ["TASK_NAME", "listed"]
