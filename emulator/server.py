@@ -112,6 +112,9 @@ class EmulatorServer:
         config = self.config
         self._http_socket = http_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         http_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: without it a response's header and body writes meet the client's
+        # delayed ACK, and every HTTP answer (REST calls, token keys) took about 40 ms instead of under 1 ms.
+        http_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             http_socket.bind((config.host, config.http_port))
         except OSError as error:
