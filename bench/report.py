@@ -93,6 +93,29 @@ Drain, tasks/s:
 """
 
 
+def emulator_rest_section(result: dict[str, Any]) -> str:
+    latency, rates, raw, ratios = (result["create_task_latency"], result["create_task_throughput_per_second"],
+                                   result["create_task_latency_raw_http"], result["ratios"])
+    return f"""## CreateTask over REST beside gRPC (`bench/emulator_rest_bench.py`)
+
+{result['machine']}; one emulator in its own process, queue paused; the official Python client, sync,
+{result['settings']['latency_calls']:,} sequential calls per transport in alternating blocks, then
+{result['settings']['throughput_tasks']:,} calls from {result['settings']['threads']} threads.
+
+| transport | CreateTask p50 ms | p99 ms | sequential calls/s | tasks/s from {result['settings']['threads']} threads |
+|---|---|---|---|---|
+| gRPC | {latency['grpc']['p50_ms']} | {latency['grpc']['p99_ms']} | {latency['grpc']['calls_per_second']:,} | \
+{rates['grpc']:,} |
+| REST (client's REST transport) | {latency['rest']['p50_ms']} | {latency['rest']['p99_ms']} | \
+{latency['rest']['calls_per_second']:,} | {rates['rest']:,} |
+| REST (raw JSON over one kept-alive connection) | {raw['p50_ms']} | {raw['p99_ms']} | | |
+
+**Ratios** REST/gRPC: p50 **{ratios['rest_over_grpc_p50']}×**, p99 {ratios['rest_over_grpc_p99']}×, throughput
+**{ratios['rest_over_grpc_throughput']}×**. The raw-JSON row is the emulator's own REST cost; the rest of the
+REST client's time is spent in the client library (requests, transcoding, JSON).
+"""
+
+
 def producer_section(result: dict[str, Any]) -> str:
     rows = []
     for key, title in (("with_20ms_latency", "20 ms injected per RPC"), ("without_latency", "no injected latency")):
@@ -161,7 +184,8 @@ RSS after expiry minus idle start: **{memory['rss_growth_mib_from_start']} MiB**
 
 SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {"handler": handler_section, "emulator": emulator_section,
                                                         "producer": producer_section,
-                                                        "emulator_hardening": emulator_hardening_section}
+                                                        "emulator_hardening": emulator_hardening_section,
+                                                        "emulator_rest": emulator_rest_section}
 
 
 def main() -> None:

@@ -82,7 +82,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--grpc-port", type=int, default=8123, help="Cloud Tasks gRPC API port (default 8123)")
     parser.add_argument("--http-port", type=int, default=8124,
-                        help="OIDC discovery, signing keys, health and inspection (default 8124)")
+                        help="Cloud Tasks REST API (/v2/…), OIDC discovery, signing keys, health and inspection "
+                             "(default 8124)")
     parser.add_argument("--state-file", help="SQLite file to keep state in across restarts (default: memory)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--queue", action="append", default=[], type=_queue_path, metavar="PATH",

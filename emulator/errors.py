@@ -106,3 +106,23 @@ def storage_failed(reason: str, full: bool) -> ApiError:
     code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE
     return ApiError(code, f"The emulator could not save the change, and made none: {reason}. "
                           "Free disk space (or fix the state file) and retry.")
+
+
+# The HTTP status Google's REST front end answers with for each code (google/rpc/code.proto, "HTTP Mapping").
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.ABORTED: 409, grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+
+def bad_request(description: str, field: str = "") -> ApiError:
+    """A request the REST front end cannot turn into the RPC's message, with the google.rpc.BadRequest
+    detail Google attaches (`field` is left out for the request's top level, as Google does)."""
+    violation = error_details_pb2.BadRequest.FieldViolation(description=description, field=field)
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, description,
+                    _packed(error_details_pb2.BadRequest(field_violations=[violation])))

@@ -1,5 +1,6 @@
-"""The HTTP port: OIDC discovery and signing keys (so handlers verify task tokens as they would
-Google's), health, and an inspection API over queues, tasks and every dispatch attempt."""
+"""The HTTP port: the Cloud Tasks REST API (/v2/…, rest_api.py), OIDC discovery and signing keys (so
+handlers verify task tokens as they would Google's), health, and an inspection API over queues, tasks and
+every dispatch attempt."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from emulator.clock import ManualClock
-from emulator.dispatcher import Dispatcher
-from emulator.engine import Engine
 from emulator.faults import Faults
+from emulator.rest_api import rest_routes
+from emulator.rpc import CloudTasksApi
 from emulator.tokens import TokenIssuer
 
 
@@ -33,8 +34,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def create_http_app(engine: Engine, dispatcher: Dispatcher, tokens: TokenIssuer, faults: Faults,
-                    base_url: str) -> Starlette:
+def create_http_app(api: CloudTasksApi, tokens: TokenIssuer, base_url: str) -> Starlette:
+    engine, dispatcher, faults = api.engine, api.dispatcher, api.faults
+
     def message(value: Any) -> dict[str, Any]:
         return json_format.MessageToDict(value, preserving_proto_field_name=False)
 
@@ -107,4 +109,5 @@ def create_http_app(engine: Engine, dispatcher: Dispatcher, tokens: TokenIssuer,
         Route("/v1/attempts", attempts),
         Route("/v1/clock", clock, methods=["GET", "POST"]),
         Route("/v1/faults", faults_route, methods=["GET", "PUT"]),
+        *rest_routes(api),
     ])

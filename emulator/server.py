@@ -24,15 +24,21 @@ from emulator.clock import Clock, SystemClock
 from emulator.dispatcher import Dispatcher
 from emulator.engine import DEFAULT_QUEUE_TOMBSTONE_SECONDS, DEFAULT_TASK_TOMBSTONE_SECONDS, Engine
 from emulator.faults import Faults
-from emulator.grpc_service import CloudTasksService
+from emulator.grpc_service import grpc_handlers
 from emulator.http_api import create_http_app
 from emulator.memory import release_free_memory
+from emulator.rpc import CloudTasksApi
 from emulator.store import StateFileError, StorageError, Store
 from emulator.task_operations_log import Destination, FinalFailuresTopic, JsonLinesFile, TaskOperationsLog
 from emulator.tokens import TokenIssuer
 
 log = logging.getLogger("emulator")
 EMULATOR_HOST_VARIABLE = "CLOUD_TASKS_EMULATOR_HOST"
+
+
+def gcloud_environment(http_url: str) -> dict[str, str]:
+    """What points an unmodified gcloud at an emulator's REST surface, sending no credentials."""
+    return {"CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDTASKS": f"{http_url}/", "CLOUDSDK_AUTH_DISABLE_CREDENTIALS": "true"}
 
 
 @dataclass
@@ -114,6 +120,9 @@ class EmulatorServer:
         config = self.config
         self._http_socket = http_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         http_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: without it a response's header and body writes meet the client's
+        # delayed ACK, and every HTTP answer (REST calls, token keys) took about 40 ms instead of under 1 ms.
+        http_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             http_socket.bind((config.host, config.http_port))
         except OSError as error:
@@ -145,8 +154,8 @@ class EmulatorServer:
 
         self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * 1024 * 1024),
                                               ("grpc.so_reuseport", 0)])
-        self._grpc.add_generic_rpc_handlers((CloudTasksService(self.engine, self.dispatcher,
-                                                               config.faults).handlers(),))
+        api = CloudTasksApi(self.engine, self.dispatcher, config.faults)
+        self._grpc.add_generic_rpc_handlers((grpc_handlers(api),))
         if config.grpc_port:  # a clear reason now, rather than gRPC's own log line and a bare failure
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 try:
@@ -163,7 +172,7 @@ class EmulatorServer:
                           "not available")
         await self._grpc.start()
 
-        app = create_http_app(self.engine, self.dispatcher, tokens, config.faults, self.http_url)
+        app = create_http_app(api, tokens, self.http_url)
         self._http = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         self._http_task = asyncio.create_task(self._http.serve(sockets=[http_socket]))
         while not self._http.started:

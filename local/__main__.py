@@ -135,8 +135,18 @@ def show_flow(emulator_url: str, names: dict[str, str], state_dir: Path, timeout
     return {label: finals.get(label, "still pending") for label in names}
 
 
+def local_smoke_task(queue_path: str, service_url: str, invoker: str) -> str:
+    """The README's `gcloud tasks create-http-task`, aimed at the local handler (the queue by its full path,
+    so no gcloud project need be set)."""
+    return (f"gcloud tasks create-http-task --queue={queue_path} --url={service_url}/process-order --method=POST "
+            """--body-content='{"orderId": "gcloud-1", "action": "update_inventory"}' """
+            f"--header=Content-Type:application/json --oidc-service-account-email={invoker} "
+            f"--oidc-token-audience={service_url}")
+
+
 def run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO))
+    from emulator.server import gcloud_environment
     from infra.settings import settings_from_stack_files
     from producer import ProducerConfig, TaskProducer
 
@@ -178,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         for label, state in finals.items():
             print(f"  {label:<36} {state}")
         expected = {"poison: no orderId, never retried": "rejected and dead-lettered"}
+        gcloud_exports = "\n".join(f"  export {name}={value}"
+                                   for name, value in gcloud_environment(emulator_url).items())
         ok = all(state == expected.get(label, "done") for label, state in finals.items())
         print(f"""
 Ready for your own producers. In another shell:
@@ -187,6 +199,9 @@ Ready for your own producers. In another shell:
   export TASKLANE_INVOKER_SERVICE_ACCOUNT={invoker}
   export TASKLANE_TASK_AUDIENCE={service_url}
   .venv/bin/python -m producer enqueue update_inventory --payload '{{"orderId": "my-1"}}'
+gcloud talks to the same queue over the emulator's REST API:
+{gcloud_exports}
+  {local_smoke_task(queue_path, service_url, invoker)}
 Inspect: {emulator_url}/v1/attempts   Handler log: {state_dir / 'handler.log'}
 Press Ctrl-C to stop everything.""", flush=True)
         if args.once:

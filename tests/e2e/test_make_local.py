@@ -40,6 +40,9 @@ def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
         assert f"{label:<36} done" in final
     assert "poison: no orderId, never retried    rejected and dead-lettered" in final
     assert "export CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:" in out
+    assert f"export CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDTASKS=http://127.0.0.1:{ports[1]}/\n" in out
+    assert "export CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true\n" in out
+    assert "gcloud tasks create-http-task --queue=projects/" in out
     assert all_free(ports), "the emulator and handler are stopped"
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from google.api_core import exceptions as api_exceptions
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
@@ -146,6 +147,12 @@ def emulator(make_emulator: Callable[..., EmulatorServer]) -> EmulatorServer:
 def client_for(server: EmulatorServer) -> tasks_v2.CloudTasksClient:
     return tasks_v2.CloudTasksClient(
         transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(server.grpc_target)))
+
+
+def rest_client_for(server: EmulatorServer) -> tasks_v2.CloudTasksClient:
+    """The official client over its REST transport, as the issue's users configure it."""
+    return tasks_v2.CloudTasksClient(transport="rest", client_options={"api_endpoint": server.http_url},
+                                     credentials=AnonymousCredentials())
 
 
 @pytest.fixture

@@ -1,36 +1,55 @@
-"""The emulator answers every recorded case as the real Cloud Tasks service did.
+"""The emulator answers every recorded case as the real Cloud Tasks service did, over gRPC and over REST,
+and the two transports' answers agree.
 
 Source: recordings/errors.json and recordings/happypath.json (see recordings/PROVENANCE.md); each
-case's request is built the way the recording harness built it.
+case's request is built the way the recording harness built it, and sent by the official Python client
+over each of its transports. Over REST the gRPC code arrives as Google's JSON error (`status`), with the
+HTTP status google-api-core maps that code to.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.api_core import exceptions as api_exceptions
 from google.cloud import tasks_v2
-from google.protobuf import duration_pb2, text_format, timestamp_pb2
+from google.protobuf import (
+    any_pb2,
+    duration_pb2,
+    json_format,
+    message_factory,
+    symbol_database,
+    text_format,
+    timestamp_pb2,
+)
 
 from emulator.server import EmulatorServer
 from emulator.testing import start_emulator
-from tests.emulator.conftest import PARENT, client_for
+from tests.emulator.conftest import PARENT, client_for, rest_client_for
 
 RECORDINGS = Path(__file__).resolve().parent / "recordings"
 ERROR_CASES = json.loads((RECORDINGS / "errors.json").read_text())
 HAPPY_PATH = json.loads((RECORDINGS / "happypath.json").read_text())
 
 
+TRANSPORTS: dict[str, Callable[[EmulatorServer], tasks_v2.CloudTasksClient]] = {
+    "grpc": client_for, "rest": rest_client_for}
+
+
 class Case:
-    def __init__(self, client: tasks_v2.CloudTasksClient, number: int) -> None:
+    def __init__(self, client: tasks_v2.CloudTasksClient, number: int, transport: str) -> None:
         self.c = client
-        self.queue_path = f"{PARENT}/queues/conformance-{number}"
+        self.queue_path = f"{PARENT}/queues/conformance-{transport}-{number}"
         self.task_path = f"{self.queue_path}/tasks/task-{number}"
 
     def create_queue(self, **fields: Any) -> Any:
@@ -149,33 +168,97 @@ def test_every_recorded_case_has_a_replay() -> None:
     assert sorted(CASES) == sorted(case["name"] for case in ERROR_CASES)
 
 
+# What an answer is, whichever the transport: (gRPC code name, message, [(detail type, collapsed prototext)]).
+Answer = tuple[str, str, list[tuple[str, str]]]
+
+
+def _grpc_answer(error: api_exceptions.GoogleAPICallError) -> Answer:
+    assert error.grpc_status_code is not None
+    return (error.grpc_status_code.name, error.message,
+            [(type(detail).__name__, _collapsed(text_format.MessageToString(detail))) for detail in error.details])
+
+
+def _http_status(code: str) -> int:
+    """google-api-core's HTTP status for a gRPC code; UNKNOWN and DATA_LOSS have none there, and
+    google/rpc/code.proto maps both to 500."""
+    status = api_exceptions.exception_class_for_grpc_status(grpc.StatusCode[code]).code
+    return int(status) if status is not None else 500
+
+
+def _rest_answer(error: api_exceptions.GoogleAPICallError) -> Answer:
+    assert error.response is not None
+    body = error.response.json()["error"]
+    assert set(body) <= {"code", "message", "status", "details"}
+    assert error.code == body["code"] == _http_status(body["status"])
+    details = []
+    for detail in body.get("details", []):
+        packed = json_format.ParseDict(detail, any_pb2.Any())
+        name = packed.TypeName()
+        unpacked = message_factory.GetMessageClass(symbol_database.Default().pool.FindMessageTypeByName(name))()
+        assert packed.Unpack(unpacked)
+        details.append((name.rsplit(".", 1)[1], _collapsed(text_format.MessageToString(unpacked))))
+    return body["status"], body["message"], details
+
+
+def _replay(server: EmulatorServer, recorded: dict[str, Any], transport: str) -> tuple[Case, Answer | None]:
+    case = Case(TRANSPORTS[transport](server), ERROR_CASES.index(recorded), transport)
+    setup, invoke = CASES[recorded["name"]]
+    setup(case)
+    try:
+        invoke(case)
+    except api_exceptions.GoogleAPICallError as error:
+        return case, (_grpc_answer(error) if transport == "grpc" else _rest_answer(error))
+    return case, None
+
+
+# A parent outside projects/*/locations/* fits no REST path: the client refuses to send it, and the URL
+# it would have used is a front-end 404 (rest_api.py), never the PERMISSION_DENIED gRPC answers.
+NOT_EXPRESSIBLE_OVER_REST = {"queue/create/invalid-parent"}
+
+
 @pytest.mark.parametrize("recorded", ERROR_CASES, ids=[case["name"] for case in ERROR_CASES])
 def test_the_emulator_answers_like_the_real_service(shared_emulator: EmulatorServer,
                                                    recorded: dict[str, Any]) -> None:
-    number = ERROR_CASES.index(recorded)
-    case = Case(client_for(shared_emulator), number)
-    setup, invoke = CASES[recorded["name"]]
-    setup(case)
-    if recorded["code"] == "OK":
-        invoke(case)
-        return
-    with pytest.raises(api_exceptions.GoogleAPICallError) as raised:
-        invoke(case)
-    error = raised.value
-    assert error.grpc_status_code is not None
-    assert error.grpc_status_code.name == _screaming(recorded["code"])
-    assert error.message == recorded["template"].replace("{queue_path}", case.queue_path)
-    expected_details = recorded.get("details", [])
-    assert len(error.details) == len(expected_details)
-    for detail, expected in zip(error.details, expected_details, strict=True):
-        assert type(detail).__name__ == expected["type"].removeprefix("*errdetails.")
-        assert _collapsed(text_format.MessageToString(detail)) == _collapsed(expected["template"])
+    answers: dict[str, Answer | None] = {}
+    for transport in TRANSPORTS:
+        if transport == "rest" and recorded["name"] in NOT_EXPRESSIBLE_OVER_REST:
+            continue
+        case, answer = _replay(shared_emulator, recorded, transport)
+        answers[transport] = answer
+        if recorded["code"] == "OK":
+            assert answer is None
+            continue
+        assert answer is not None, f"{transport}: the call succeeded"
+        code, message, details = answer
+        assert code == _screaming(recorded["code"]), transport
+        assert message == recorded["template"].replace("{queue_path}", case.queue_path), transport
+        expected = [(detail["type"].removeprefix("*errdetails."), _collapsed(detail["template"]))
+                    for detail in recorded.get("details", [])]
+        assert details == expected, transport
+    if "rest" in answers:  # the same answer on both wires, once each case's own queue name is set aside
+        grpc_answer, rest_answer = (json.dumps(answers[t]).replace(f"conformance-{t}-", "conformance-")
+                                    for t in ("grpc", "rest"))
+        assert grpc_answer == rest_answer
 
 
+def test_a_parent_no_rest_path_fits_is_refused_before_and_at_the_front_end(shared_emulator: EmulatorServer) -> None:
+    with pytest.raises(ValueError, match="does not match any URL path template|not initialized"):
+        rest_client_for(shared_emulator).create_queue(parent="not-a-valid-parent",
+                                                      queue={"name": f"{PARENT}/queues/q"})
+    request = urllib.request.Request(f"{shared_emulator.http_url}/v2/not-a-valid-parent/queues", data=b"{}",
+                                     method="POST")
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310 - loopback
+    assert raised.value.code == 404
+    assert "/v2/not-a-valid-parent/queues</code> was not found on this server" in raised.value.read().decode()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("recorded", [case for case in HAPPY_PATH if case["requestType"] == "http"],
                          ids=lambda case: case["name"])
-def test_a_stored_http_task_has_the_recorded_shape(emulator: EmulatorServer, recorded: dict[str, Any]) -> None:
-    client = client_for(emulator)
+def test_a_stored_http_task_has_the_recorded_shape(emulator: EmulatorServer, recorded: dict[str, Any],
+                                                   transport: str) -> None:
+    client = TRANSPORTS[transport](emulator)
     client.create_queue(parent=PARENT, queue={"name": f"{PARENT}/queues/happy"})
     body = b'{"hello":"world"}'
     created = client.create_task(request={"parent": f"{PARENT}/queues/happy", "response_view": "FULL", "task": {
@@ -187,5 +270,4 @@ def test_a_stored_http_task_has_the_recorded_shape(emulator: EmulatorServer, rec
         assert dict(shown.http_request.headers) == expected["headers"]
         assert shown.http_request.body == (body if "body" in expected else b"")
         if "body" in expected:
-            import base64
             assert base64.b64encode(shown.http_request.body).decode() == expected["body"]

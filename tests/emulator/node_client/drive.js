@@ -1,15 +1,27 @@
-// Drives every RPC the emulator implements with the official Node client over an insecure channel,
-// then prints one JSON line of what it saw for tests/emulator/test_node_client.py to check.
+// Drives every RPC the emulator implements with the official Node client, over gRPC (an insecure channel
+// to CLOUD_TASKS_EMULATOR_HOST) or, with TRANSPORT=rest, in its REST fallback mode (plain HTTP to
+// EMULATOR_HTTP_HOST), then prints one JSON line of what it saw for tests/emulator/test_node_client.py.
 'use strict';
 const { CloudTasksClient } = require('@google-cloud/tasks');
 const grpc = require('@grpc/grpc-js');
+const { PassThroughClient } = require('google-auth-library');
 
-async function main() {
+function makeClient() {
+  if (process.env.TRANSPORT === 'rest') {
+    const [host, port] = process.env.EMULATOR_HTTP_HOST.split(':');
+    // PassThroughClient sends no credentials, as an emulator wants.
+    return new CloudTasksClient({ fallback: 'rest', protocol: 'http', servicePath: host, port: Number(port),
+      authClient: new PassThroughClient(), universeDomain: 'googleapis.com' });
+  }
   const [host, port] = process.env.CLOUD_TASKS_EMULATOR_HOST.split(':');
-  const client = new CloudTasksClient({
+  return new CloudTasksClient({
     servicePath: host, port: Number(port), sslCreds: grpc.credentials.createInsecure(),
     universeDomain: 'googleapis.com',
   });
+}
+
+async function main() {
+  const client = makeClient();
   const parent = 'projects/tasklane-node/locations/us-central1';
   const name = `${parent}/queues/node-queue`;
   const seen = {};
