@@ -219,6 +219,31 @@ class TaskHandler:
             await self.idempotency.abandoned(key)
 
 
+def stores_from_config(config: HandlerConfig, log: StructuredLog) -> tuple[IdempotencyStore, DeadLetterSink]:
+    """With a Firestore database: keys and letters shared by every instance there (letters logged too).
+    Without: keys in this process, letters in the log, and also in files when a directory is set."""
+    log_sink = LogDeadLetterSink(log)
+    if config.firestore_database:
+        # Imported only when used: the Firestore client is not on the path to a plain start's first answer.
+        from handler.dead_letter_store import StoringSink
+        from handler.firestore_client import LazyFirestore
+        from handler.firestore_dead_letters import FirestoreDeadLetterStore
+        from handler.firestore_idempotency import FirestoreIdempotencyStore
+
+        assert config.project_id is not None  # checked by HandlerConfig.from_environment
+        firestore = LazyFirestore(config.project_id, config.firestore_database)
+        return (FirestoreIdempotencyStore(firestore, lease_seconds=config.dispatch_deadline_seconds),
+                StoringSink(FirestoreDeadLetterStore(firestore), log_sink))
+    idempotency = InProcessIdempotencyStore(lease_seconds=config.dispatch_deadline_seconds)
+    if config.dead_letter_dir:
+        from pathlib import Path
+
+        from handler.dead_letter_store import FileDeadLetterStore, StoringSink
+
+        return idempotency, StoringSink(FileDeadLetterStore(Path(config.dead_letter_dir)), log_sink)
+    return idempotency, log_sink
+
+
 def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry | None = None,
                log: StructuredLog | None = None, dead_letters: DeadLetterSink | None = None,
                idempotency: IdempotencyStore | None = None, verifier: TokenVerifier | None = None) -> Starlette:
@@ -234,8 +259,9 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
     log = log or StructuredLog(project_id=config.project_id)
     if verifier is None and config.token_check is not TokenCheck.OFF:
         verifier = TokenVerifier(config)
-    handler = TaskHandler(config, actions, log, dead_letters or LogDeadLetterSink(log),
-                          idempotency or InProcessIdempotencyStore(), verifier)
+    default_idempotency, default_dead_letters = stores_from_config(config, log)
+    handler = TaskHandler(config, actions, log, dead_letters or default_dead_letters,
+                          idempotency or default_idempotency, verifier)
     schema: list[bytes] = []  # built on first request: nothing on the path to the first answer
 
     async def health(request: Request) -> Response:

@@ -41,3 +41,12 @@ IDLE_TIMEOUT = "TASKLANE_IDLE_TIMEOUT_SECONDS"
 
 REQUEST_READ_TIMEOUT = "TASKLANE_REQUEST_READ_TIMEOUT_SECONDS"
 """Seconds from a request's first byte until all of it, headers and body, must have arrived."""
+
+FIRESTORE_DATABASE = "TASKLANE_FIRESTORE_DATABASE"
+"""The Firestore database (ID) holding idempotency keys and dead letters, in the queue's project. Unset:
+idempotency is per instance and dead letters go to the log only. FIRESTORE_EMULATOR_HOST, when set, points
+the client at Google's Firestore emulator instead."""
+
+DEAD_LETTER_DIR = "TASKLANE_DEAD_LETTER_DIR"
+"""A directory to keep dead letters in as files, when there is no Firestore (make local without the
+Firestore emulator). Never set in the deployed service."""
