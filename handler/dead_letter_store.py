@@ -229,11 +229,13 @@ class FileDeadLetterStore:
               until: datetime.datetime | None, limit: int) -> Sequence[StoredLetter]:
         letters = []
         for path in self.directory.glob("*.json") if self.directory.is_dir() else ():
-            record = self._read(path)
-            if record is not None:
-                letter = stored_letter(path.stem, record)
-                if matches(letter, kind, reason, since, until):
-                    letters.append(letter)
+            try:
+                record = self._read(self._path(path.stem))
+                letter = stored_letter(path.stem, record) if isinstance(record, dict) else None
+            except (KeyError, TypeError, ValueError):
+                continue  # not a letter: another file in the directory
+            if letter is not None and matches(letter, kind, reason, since, until):
+                letters.append(letter)
         letters.sort(key=lambda letter: (letter.first_seen, letter.id), reverse=True)
         return letters[:limit]
 

@@ -27,7 +27,9 @@ class LazyFirestore:
             self._loop = loop
         return self._client
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()  # type: ignore[no-untyped-call]
-            self._client = None
+    async def aclose(self) -> None:
+        """Close the client's gRPC channel, in the loop it was made in (else grpc.aio complains at exit)."""
+        client, self._client = self._client, None
+        api = getattr(client, "_firestore_api_internal", None)
+        if api is not None:
+            await api.transport.close()
