@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -43,7 +44,7 @@ def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
     assert_dead_letter_listed_and_replayed(out)
     assert "▶ Firestore emulator on 127.0.0.1:" in out and "export FIRESTORE_EMULATOR_HOST=127.0.0.1:" in out
     assert all_free(ports), "the emulator and handler are stopped"
-    assert no_firestore_emulator_left()
+    assert no_firestore_emulator_left(out)
 
 
 def assert_dead_letter_listed_and_replayed(out: str) -> None:
@@ -53,10 +54,11 @@ def assert_dead_letter_listed_and_replayed(out: str) -> None:
     assert "attempt 1: HTTP 200 (processed" in letters
 
 
-def no_firestore_emulator_left() -> bool:
-    found = subprocess.run(["pgrep", "-f", "cloud-firestore-emulator"], capture_output=True, text=True)
-    return found.stdout.strip() == "" or all(
-        "tasklane-test" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in found.stdout.split())
+def no_firestore_emulator_left(out: str) -> bool:
+    """Nothing of make local's Firestore emulator (gcloud, its script, Java) runs, nor holds its port."""
+    port = int(re.search(r"Firestore emulator on 127\.0\.0\.1:(\d+)", out).group(1))  # type: ignore[union-attr]
+    found = subprocess.run(["pgrep", "-f", f"port={port}"], capture_output=True, text=True)
+    return found.stdout.strip() == "" and all_free([port])
 
 
 def test_without_the_firestore_emulator_letters_go_to_files_and_the_same_cli_reads_them(tmp_path: Path) -> None:
@@ -73,14 +75,16 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     deadline = time.monotonic() + 90
+    out = ""
     while time.monotonic() < deadline:
         line = process.stdout.readline()
+        out += line
         if "Press Ctrl-C" in line or not line:
             break
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert all_free(ports), "nothing is left running"
-    assert no_firestore_emulator_left(), "Google's Firestore emulator and its Java process are stopped too"
+    assert no_firestore_emulator_left(out), "Google's Firestore emulator and its Java process are stopped too"
 
 
 def test_a_busy_port_is_named(tmp_path: Path) -> None:
