@@ -43,9 +43,8 @@ REQUEST_READ_TIMEOUT = "TASKLANE_REQUEST_READ_TIMEOUT_SECONDS"
 """Seconds from a request's first byte until all of it, headers and body, must have arrived."""
 
 FIRESTORE_DATABASE = "TASKLANE_FIRESTORE_DATABASE"
-"""The Firestore database (ID) holding idempotency keys and dead letters, in the queue's project. Unset:
-idempotency is per instance and dead letters go to the log only. FIRESTORE_EMULATOR_HOST, when set, points
-the client at Google's Firestore emulator instead."""
+"""The pipeline's Firestore database ID: shared idempotency keys and dead letters. Unset: in-process stores.
+It is in the queue's project; FIRESTORE_EMULATOR_HOST, when set, points the client at Google's emulator."""
 
 DEAD_LETTER_DIR = "TASKLANE_DEAD_LETTER_DIR"
 """A directory to keep dead letters in as files, when there is no Firestore (make local without the

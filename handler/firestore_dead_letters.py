@@ -1,7 +1,7 @@
 """`FirestoreDeadLetterStore`: dead letters in the stack's Firestore database.
 
-`tasklaneDeadLetters/{id}` holds the letter's fields (see handler/dead_letter_store.py) and
-`tasklaneDeadLetters/{id}/bodyChunks/{000000, 000001, …}` its body, split in pieces of at most
+`deadLetters/{id}` holds the letter's fields (see handler/dead_letter_store.py) and
+`deadLetters/{id}/chunks/{000000, 000001, …}` its body, split in pieces of at most
 BODY_CHUNK_BYTES, since a Firestore document holds at most 1 MiB and a task body may be 1 MiB. The
 letter and its chunks are written in one batch, so a letter is never seen without its whole body;
 reading reassembles the pieces and checks them against the recorded length and SHA-256.
@@ -31,10 +31,12 @@ from handler.dead_letter_store import (
     utc_now,
 )
 from handler.firestore_client import LazyFirestore
-from handler.firestore_names import BODY_CHUNKS_SUBCOLLECTION, DEAD_LETTER_COLLECTION
+from handler.firestore_layout import DEAD_LETTER_COLLECTION
 
 # Under the 1 MiB document limit with room for the document's name and fields.
 BODY_CHUNK_BYTES = 512 * 1024
+BODY_CHUNKS_SUBCOLLECTION = "chunks"
+"""Beneath each letter: its body's pieces, documents "000000", "000001", …"""
 
 
 def chunk_id(index: int) -> str:

@@ -1,6 +1,6 @@
 """`FirestoreIdempotencyStore`: the idempotency store shared by every instance of the service.
 
-One document per key in `tasklaneIdempotency`, named by the key's SHA-256:
+One document per key in `idempotency`, named by the key's SHA-256:
 `{key, state: "started" | "done", leaseUntil, lease, expireAt}`.
 
 - `begin` is one transaction: read the document; ALREADY_DONE if it is done; IN_PROGRESS if another
@@ -27,7 +27,7 @@ from typing import Any
 from google.cloud.firestore import AsyncTransaction, async_transactional
 
 from handler.firestore_client import LazyFirestore
-from handler.firestore_names import EXPIRY_FIELD, IDEMPOTENCY_COLLECTION
+from handler.firestore_layout import EXPIRY_FIELD, IDEMPOTENCY_COLLECTION
 from handler.idempotency import Claim
 
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0

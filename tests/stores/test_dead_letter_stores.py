@@ -22,8 +22,13 @@ from handler.dead_letter_store import (
     Replay,
     StoringSink,
 )
-from handler.firestore_dead_letters import BODY_CHUNK_BYTES, FirestoreDeadLetterStore, chunk_id
-from handler.firestore_names import BODY_CHUNKS_SUBCOLLECTION, DEAD_LETTER_COLLECTION
+from handler.firestore_dead_letters import (
+    BODY_CHUNK_BYTES,
+    BODY_CHUNKS_SUBCOLLECTION,
+    FirestoreDeadLetterStore,
+    chunk_id,
+)
+from handler.firestore_layout import DEAD_LETTER_COLLECTION
 from handler.logs import StructuredLog
 from handler.task_context import TaskContext
 

@@ -16,7 +16,7 @@ import pytest
 
 from handler.firestore_client import LazyFirestore
 from handler.firestore_idempotency import FirestoreIdempotencyStore, document_id
-from handler.firestore_names import EXPIRY_FIELD, IDEMPOTENCY_COLLECTION
+from handler.firestore_layout import EXPIRY_FIELD, IDEMPOTENCY_COLLECTION
 from handler.idempotency import Claim, IdempotencyStore, InProcessIdempotencyStore
 from tests.stores.conftest import FakeClock, fresh_firestore
 
