@@ -88,6 +88,7 @@ bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.pac
 	$(BIN)/python bench/emulator_rest_bench.py
 	$(BIN)/python bench/producer_bench.py
 	$(BIN)/python bench/emulator_hardening_bench.py --baseline $(EMULATOR_VALIDATION_BASELINE)
+	$(BIN)/python bench/firestore_bench.py --handler-python $(HANDLER_VENV)/bin/python
 	$(BIN)/python bench/report.py
 
 # The README's main command: emulator, handler and sample orders on this machine, until Ctrl-C.

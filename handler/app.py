@@ -228,6 +228,31 @@ class TaskHandler:
             await self.idempotency.abandoned(key)
 
 
+def stores_from_config(config: HandlerConfig, log: StructuredLog) -> tuple[IdempotencyStore, DeadLetterSink]:
+    """With a Firestore database: keys and letters shared by every instance there (letters logged too).
+    Without: keys in this process, letters in the log, and also in files when a directory is set."""
+    log_sink = LogDeadLetterSink(log)
+    if config.firestore_database:
+        # Imported only when used: the Firestore client is not on the path to a plain start's first answer.
+        from handler.dead_letter_store import StoringSink
+        from handler.firestore_client import LazyFirestore
+        from handler.firestore_dead_letters import FirestoreDeadLetterStore
+        from handler.firestore_idempotency import FirestoreIdempotencyStore
+
+        assert config.project_id is not None  # checked by HandlerConfig.from_environment
+        firestore = LazyFirestore(config.project_id, config.firestore_database)
+        return (FirestoreIdempotencyStore(firestore, lease_seconds=config.dispatch_deadline_seconds),
+                StoringSink(FirestoreDeadLetterStore(firestore), log_sink))
+    idempotency = InProcessIdempotencyStore(lease_seconds=config.dispatch_deadline_seconds)
+    if config.dead_letter_dir:
+        from pathlib import Path
+
+        from handler.dead_letter_store import FileDeadLetterStore, StoringSink
+
+        return idempotency, StoringSink(FileDeadLetterStore(Path(config.dead_letter_dir)), log_sink)
+    return idempotency, log_sink
+
+
 def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry | None = None,
                log: StructuredLog | None = None, dead_letters: DeadLetterSink | None = None,
                idempotency: IdempotencyStore | None = None, verifier: TokenVerifier | None = None,
@@ -244,11 +269,12 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
     log = log or StructuredLog(project_id=config.project_id)
     if verifier is None and config.token_check is not TokenCheck.OFF:
         verifier = TokenVerifier(config)
-    dead_letters = dead_letters or LogDeadLetterSink(log)
+    default_idempotency, default_dead_letters = stores_from_config(config, log)
+    dead_letters = dead_letters or default_dead_letters
     if tracer is None:
         provider = tracer_provider(config.trace_exporter, log, config.project_id)
         tracer = provider.get_tracer(TRACER_NAME) if provider is not None else None
-    handler = TaskHandler(config, actions, log, dead_letters, idempotency or InProcessIdempotencyStore(), verifier,
+    handler = TaskHandler(config, actions, log, dead_letters, idempotency or default_idempotency, verifier,
                           Tracing(tracer))
     if push_verifier is None and config.push_token_check is not TokenCheck.OFF and config.push_service_account:
         push_verifier = TokenVerifier(config, check=config.push_token_check, email=config.push_service_account,

@@ -22,6 +22,8 @@ DEFAULT_IDLE_TIMEOUT_SECONDS = 5.0
 # client takes this long.
 DEFAULT_REQUEST_READ_TIMEOUT_SECONDS = 30.0
 MAX_TIMEOUT_SECONDS = 3600.0
+# Cloud Tasks' own default dispatch deadline for HTTP targets.
+DEFAULT_DISPATCH_DEADLINE_SECONDS = 600.0
 
 
 class TokenCheck(StrEnum):
@@ -67,6 +69,12 @@ class HandlerConfig:
     push_token_check: TokenCheck = TokenCheck.OFF
     trace_exporter: TraceExporter = TraceExporter.OFF
     """Where spans go: Cloud Trace when deployed, the log locally, or nowhere."""
+    dispatch_deadline_seconds: float = DEFAULT_DISPATCH_DEADLINE_SECONDS
+    """How long Cloud Tasks waits for an answer; an idempotency lease lasts this long."""
+    firestore_database: str | None = None
+    """Firestore database for shared idempotency and dead letters; None keeps both in this process and the log."""
+    dead_letter_dir: str | None = None
+    """Without Firestore: a directory to keep dead letters in as files (make local)."""
 
     @property
     def project_id(self) -> str | None:
@@ -124,12 +132,17 @@ class HandlerConfig:
             problems.append(f"{environment.DEMO_ACTIONS}={raw_demo!r}: must be true or false")
         idle_timeout = _seconds(env, environment.IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT_SECONDS, problems)
         read_timeout = _seconds(env, environment.REQUEST_READ_TIMEOUT, DEFAULT_REQUEST_READ_TIMEOUT_SECONDS, problems)
+        deadline = _duration(env, environment.TASK_DISPATCH_DEADLINE, DEFAULT_DISPATCH_DEADLINE_SECONDS, problems)
+        database = env.get(environment.FIRESTORE_DATABASE, "").strip() or None
+        queue_path = env.get(environment.QUEUE_PATH) or None
+        if database is not None and not (queue_path or env.get("GOOGLE_CLOUD_PROJECT")):
+            problems.append(f"{environment.FIRESTORE_DATABASE} needs the project: set {environment.QUEUE_PATH}")
         issuers = tuple(issuer.strip() for issuer in env.get(environment.TOKEN_ISSUERS, "").split(",")
                         if issuer.strip()) or GOOGLE_ISSUERS
         if problems:
             raise ConfigError("invalid handler configuration:\n" + "\n".join(f"  - {p}" for p in problems))
         return cls(
-            queue_path=env.get(environment.QUEUE_PATH) or None,
+            queue_path=queue_path,
             invoker_service_account=invoker,
             task_audience=audience,
             max_attempts=max_attempts,
@@ -142,6 +155,9 @@ class HandlerConfig:
             push_service_account=push_account,
             push_token_check=push_token_check,
             trace_exporter=trace_exporter,
+            dispatch_deadline_seconds=deadline,
+            firestore_database=database,
+            dead_letter_dir=env.get(environment.DEAD_LETTER_DIR, "").strip() or None,
         )
 
 
@@ -158,3 +174,11 @@ def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[s
         problems.append(f"{name}={raw!r}: must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS:g}")
         return default
     return seconds
+
+
+def _duration(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
+    """A duration as the stack writes it ("600s", or a bare number of seconds), above 0 and at most an hour."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    return _seconds({name: raw.removesuffix("s")}, name, default, problems)

@@ -68,8 +68,9 @@ class LogDeadLetterSink:
     async def already_recorded(self, queue_name: str | None, task_name: str | None) -> bool:
         return False  # log entries cannot be read back from here; Cloud Logging can be searched for both
 
-    async def send(self, letter: DeadLetter) -> None:
-        letter_id = uuid.uuid4().hex
+    async def send(self, letter: DeadLetter, letter_id: str | None = None) -> None:
+        """`letter_id`: the ID a store gave the letter, so the entry leads to it; random without a store."""
+        letter_id = letter_id or uuid.uuid4().hex
         chunks = [letter.body[i:i + LOG_BODY_CHUNK_BYTES]
                   for i in range(0, len(letter.body), LOG_BODY_CHUNK_BYTES)] or [b""]
         name = letter.task.task_name or "(direct call)"

@@ -43,7 +43,12 @@ REQUEST_READ_TIMEOUT = "TASKLANE_REQUEST_READ_TIMEOUT_SECONDS"
 """Seconds from a request's first byte until all of it, headers and body, must have arrived."""
 
 FIRESTORE_DATABASE = "TASKLANE_FIRESTORE_DATABASE"
-"""The pipeline's Firestore database ID: shared idempotency keys and dead letters. Unset: in-process stores."""
+"""The pipeline's Firestore database ID: shared idempotency keys and dead letters. Unset: in-process stores.
+It is in the queue's project; FIRESTORE_EMULATOR_HOST, when set, points the client at Google's emulator."""
+
+DEAD_LETTER_DIR = "TASKLANE_DEAD_LETTER_DIR"
+"""A directory to keep dead letters in as files, when there is no Firestore (make local without the
+Firestore emulator). Never set in the deployed service."""
 
 PUSH_SERVICE_ACCOUNT = "TASKLANE_PUSH_SERVICE_ACCOUNT"
 """Email of the account Pub/Sub pushes task-operation records as (the /task-operations route)."""

@@ -11,7 +11,4 @@ EXPIRY_FIELD = "expireAt"
 """A Timestamp on every idempotency document: when Firestore's TTL policy may delete it."""
 
 DEAD_LETTER_COLLECTION = "tasklaneDeadLetters"
-"""One document per dead letter; its body is in the BODY_CHUNKS_SUBCOLLECTION beneath it."""
-
-BODY_CHUNKS_SUBCOLLECTION = "bodyChunks"
-"""Pieces of a letter's body, documents "000000", "000001", …, each under Firestore's 1 MiB document limit."""
+"""One document per dead letter; its body is in a subcollection beneath it (handler/firestore_dead_letters.py)."""

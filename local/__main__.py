@@ -3,7 +3,12 @@
 Starts the local Cloud Tasks emulator with the dev stack's queue (same rate and retry settings as
 Pulumi.dev.yaml) and the handler checking the emulator's tokens in full, enqueues sample orders through
 the producer (including one that fails transiently and then succeeds, and one that can never succeed),
-shows each one's attempts and final state, then keeps running for your own producers until Ctrl-C.
+shows each one's attempts and final state, lists the dead letter and replays it with the operators' CLI,
+then keeps running for your own producers until Ctrl-C.
+
+Dead letters and idempotency keys go to Google's Firestore emulator when this machine has it (gcloud and
+Java), started on a free port and stopped with everything else; otherwise keys stay in the handler and
+letters go to files under the state folder. Either way the same CLI reads them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = REPO / ".tasklane"
+LOCAL_FIRESTORE_DATABASE = "tasklane-local"
 
 SAMPLES = [  # (label, action, payload): what each shows
     ("confirmation e-mail", "send_confirmation", {"orderId": "demo-1001", "customerEmail": "ada@example.com"}),
@@ -83,6 +89,43 @@ def start_emulator(args: argparse.Namespace, state_dir: Path) -> tuple[Child, st
             break
     process.kill()
     raise LocalError("the emulator did not start; run `python -m emulator --pulumi-stack dev` to see why")
+
+
+class EmulatorChild:
+    """A Google emulator in the runner's list of children."""
+
+    def __init__(self, emulator: Any) -> None:
+        self.emulator = emulator
+        self.name = emulator.kind.name
+        self.process = emulator.process
+
+    def stop(self) -> None:
+        self.emulator.stop()
+
+
+def start_stores(args: argparse.Namespace, state_dir: Path, project: str,
+                 children: list[Any]) -> tuple[dict[str, str], str]:
+    """The handler's (and CLI's) environment for its stores, and a line saying which they are."""
+    from local.google_emulators import FIRESTORE, EmulatorFailed, GoogleEmulator, why_unavailable
+
+    files = {"TASKLANE_DEAD_LETTER_DIR": str(state_dir / "dead-letters")}
+    if args.no_google_emulators:
+        reason: str | None = "--no-google-emulators"
+    else:
+        reason = why_unavailable(FIRESTORE)
+    if reason is None:
+        emulator = GoogleEmulator.firestore(host=args.host, log_path=state_dir / "firestore-emulator.log")
+        try:
+            emulator.start()
+        except EmulatorFailed as error:
+            reason = str(error)
+        else:
+            children.append(EmulatorChild(emulator))
+            return ({**emulator.environment(), "TASKLANE_FIRESTORE_DATABASE": LOCAL_FIRESTORE_DATABASE},
+                    f"Firestore emulator on {emulator.host_port} (Google's; project {project}, database "
+                    f"{LOCAL_FIRESTORE_DATABASE}) keeps idempotency keys and dead letters")
+    return files, (f"no Firestore emulator ({reason}): idempotency keys stay in the handler, dead letters go to "
+                   f"{files['TASKLANE_DEAD_LETTER_DIR']}")
 
 
 def start_handler(args: argparse.Namespace, environment: dict[str, str], state_dir: Path) -> Child:
@@ -159,13 +202,18 @@ def run(args: argparse.Namespace) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     queue_path, invoker = settings.local_queue_path, settings.invoker_email
     service_url = f"http://{args.host}:{args.handler_port}"
-    children: list[Child] = []
+    children: list[Any] = []
     try:
         emulator, ready = start_emulator(args, state_dir)
         children.append(emulator)
         emulator_url = f"http://{args.host}:{args.emulator_http_port}"
         print(f"▶ {ready}", flush=True)
-        children.append(start_handler(args, {
+        project = queue_path.split("/")[1]
+        stores, which = start_stores(args, state_dir, project, children)
+        print(f"▶ {which}", flush=True)
+        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)  # only ours, or none
+        os.environ.pop("TASKLANE_DEAD_LETTER_DIR", None)
+        children.append(start_handler(args, {**stores,
             "PORT": str(args.handler_port), "HOST": args.host, "TASKLANE_QUEUE_PATH": queue_path,
             "TASKLANE_INVOKER_SERVICE_ACCOUNT": invoker, "TASKLANE_TASK_AUDIENCE": service_url,
             "TASKLANE_MAX_ATTEMPTS": str(settings.max_attempts), "TASKLANE_TOKEN_CHECK": "full",
@@ -191,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
         gcloud_exports = "\n".join(f"  export {name}={value}"
                                    for name, value in gcloud_environment(emulator_url).items())
         ok = all(state == expected.get(label, "done") for label, state in finals.items())
+        cli_env = {**stores, "CLOUD_TASKS_EMULATOR_HOST": emulator_host, "TASKLANE_QUEUE_PATH": queue_path,
+                   "TASKLANE_SERVICE_URL": service_url, "TASKLANE_INVOKER_SERVICE_ACCOUNT": invoker,
+                   "TASKLANE_TASK_AUDIENCE": service_url}
+        ok = show_dead_letters(cli_env, names["poison: no orderId, never retried"], emulator_url) and ok
         print(f"""
 Ready for your own producers. In another shell:
   export CLOUD_TASKS_EMULATOR_HOST={emulator_host}
@@ -198,7 +250,8 @@ Ready for your own producers. In another shell:
   export TASKLANE_SERVICE_URL={service_url}
   export TASKLANE_INVOKER_SERVICE_ACCOUNT={invoker}
   export TASKLANE_TASK_AUDIENCE={service_url}
-  .venv/bin/python -m producer enqueue update_inventory --payload '{{"orderId": "my-1"}}'
+{exports(stores)}  .venv/bin/python -m producer enqueue update_inventory --payload '{{"orderId": "my-1"}}'
+  .venv/bin/python -m producer dead-letters list
 gcloud talks to the same queue over the emulator's REST API:
 {gcloud_exports}
   {local_smoke_task(queue_path, service_url, invoker)}
@@ -216,6 +269,48 @@ Press Ctrl-C to stop everything.""", flush=True)
             child.stop()
 
 
+def exports(environment: dict[str, str]) -> str:
+    return "".join(f"  export {name}={value}\n" for name, value in environment.items())
+
+
+def producer_cli(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "producer", *args], cwd=REPO, env={**os.environ, **environment},
+                          capture_output=True, text=True, timeout=60)
+
+
+def show_dead_letters(environment: dict[str, str], poison_task: str, emulator_url: str) -> bool:
+    """List the dead letters with the operators' CLI, replay the poison sample's, and show the replay's answer."""
+    print("▶ dead letters, as an operator sees them:\n  $ python -m producer dead-letters list", flush=True)
+    listed = producer_cli(environment, "dead-letters", "list", "--json")
+    if listed.returncode != 0:
+        print(f"  {listed.stderr.strip()}", flush=True)
+        return False
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    for line in producer_cli(environment, "dead-letters", "list").stdout.splitlines():
+        print(f"  {line}")
+    letter = next((item for item in letters if item["taskName"] == poison_task.rsplit("/", 1)[1]), None)
+    if letter is None:
+        print("  the poison sample's letter is missing", flush=True)
+        return False
+    print(f"  $ python -m producer dead-letters replay {letter['id']}", flush=True)
+    replayed = producer_cli(environment, "dead-letters", "replay", letter["id"])
+    print(f"  {(replayed.stdout or replayed.stderr).strip()}", flush=True)
+    if replayed.returncode != 0:
+        return False
+    replay_task = replayed.stdout.split(" as ", 1)[1].split()[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        finished = [a for a in http_json(f"{emulator_url}/v1/attempts")["attempts"]
+                    if a["task"] == replay_task and a["finished"] is not None]
+        if finished:
+            print(f"  replay {replay_task.rsplit('/', 1)[1]} attempt 1: HTTP {finished[0]['status']} (processed: "
+                  "the body still has no orderId, so it is rejected again and kept as a new letter)", flush=True)
+            return True
+        time.sleep(0.2)
+    print("  the replay was not processed within 30 s", flush=True)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=str(STATE_DIR), help="emulator state and handler log (.tasklane)")
     parser.add_argument("--sample-timeout", type=float, default=30.0, help="seconds to wait for the samples")
     parser.add_argument("--once", action="store_true", help="stop after the samples instead of staying up")
+    parser.add_argument("--no-google-emulators", action="store_true",
+                        help="do not start Google's Firestore emulator: keys in the handler, letters in files")
     args = parser.parse_args(argv)
     # Ctrl-C and SIGTERM stop everything cleanly. SIGINT is set explicitly: a process started from a
     # background job inherits it as ignored, and Python then installs no Ctrl-C handler of its own.
@@ -235,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("\nStopped: the emulator and handler are shut down.", flush=True)
+        print("\nStopped: the emulators and handler are shut down.", flush=True)
         return 0
     except LocalError as error:
         print(f"make local: {error}", file=sys.stderr)

@@ -4,9 +4,12 @@
     python -m producer enqueue-file orders.jsonl        # one {"action", "payload", ...} per line
     python -m producer list
     python -m producer show TASK_ID
+    python -m producer dead-letters list [--kind K] [--reason TEXT] [--newer-than 6h] [--older-than 7d]
+    python -m producer dead-letters show ID | replay ID... | delete ID...
 
 Where tasks go comes from --stack (runs `pulumi stack output`), --outputs (that JSON saved to a file),
-or the TASKLANE_* environment variables; CLOUD_TASKS_EMULATOR_HOST points it at the local emulator.
+or the TASKLANE_* environment variables; CLOUD_TASKS_EMULATOR_HOST points it at the local emulator, and
+FIRESTORE_EMULATOR_HOST the dead-letter commands at Google's Firestore emulator (see producer/dead_letters.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import tasks_v2
 
-from producer.config import EMULATOR_HOST, ENVIRONMENT_KEYS, ConfigError, ProducerConfig
+from producer import dead_letters
+from producer.config import EMULATOR_HOST, ENVIRONMENT_KEYS, OPTIONAL_KEYS, ConfigError, ProducerConfig
 from producer.producer import InvalidTask, ProducerError, TaskProducer, TaskSpec
 
 EMULATOR_CONNECT_SECONDS = 3.0
@@ -38,7 +42,7 @@ def _config(args: argparse.Namespace) -> ProducerConfig:
         return ProducerConfig.from_pulumi_stack(args.stack)
     if args.outputs:
         return ProducerConfig.from_outputs_file(Path(args.outputs))
-    required = [name for key, name in ENVIRONMENT_KEYS.items() if key != "task_dispatch_deadline"]
+    required = [name for key, name in ENVIRONMENT_KEYS.items() if key not in OPTIONAL_KEYS]
     missing = [name for name in required if not os.environ.get(name)]
     if missing:
         found = "no configuration found" if missing == required else f"{', '.join(missing)} not set"
@@ -116,10 +120,23 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--limit", type=int, default=100)
     show = commands.add_parser("show", help="one task, in full")
     show.add_argument("task", help="task ID or full name")
+    letters = commands.add_parser("dead-letters", help="list, show, replay or delete dead letters",
+                                  description=dead_letters.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    dead_letters.add_arguments(letters)
     args = parser.parse_args(argv)
 
     config: ProducerConfig | None = None
     try:
+        if args.command == "dead-letters":
+            def checked_config() -> ProducerConfig:
+                nonlocal config
+                config = _config(args)
+                if args.dead_letter_command == "replay":  # only a replay talks to Cloud Tasks
+                    _check_emulator(config)
+                return config
+
+            return dead_letters.run(args, checked_config)
         config = _config(args)
         _check_emulator(config)
         producer = TaskProducer(config)
@@ -138,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InvalidTask, ProducerError, Unreachable) as error:
         print(f"producer: {error}", file=sys.stderr)
         return 2
+    except dead_letters.DeadLetterError as error:
+        print(f"producer: {error}", file=sys.stderr)
+        return error.status
     except auth_exceptions.DefaultCredentialsError:
         print(f"producer: no Google Cloud credentials found: run `gcloud auth application-default login`, or set "
               f"{EMULATOR_HOST} to use the local emulator", file=sys.stderr)

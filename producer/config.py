@@ -5,7 +5,7 @@ Sources, all giving the same `ProducerConfig`:
 - `from_outputs_file(path)`: that JSON saved to a file (what CI hands a deploy job);
 - `from_pulumi_stack(name)`: runs `pulumi stack output --json --stack NAME`;
 - `from_environment()`: TASKLANE_QUEUE_PATH, TASKLANE_SERVICE_URL, TASKLANE_INVOKER_SERVICE_ACCOUNT,
-  TASKLANE_TASK_AUDIENCE and optionally TASKLANE_TASK_DISPATCH_DEADLINE.
+  TASKLANE_TASK_AUDIENCE and optionally TASKLANE_TASK_DISPATCH_DEADLINE and TASKLANE_FIRESTORE_DATABASE.
 With CLOUD_TASKS_EMULATOR_HOST set, the producer talks to that local emulator instead of Google.
 """
 
@@ -29,7 +29,9 @@ ENVIRONMENT_KEYS = {
     "invoker_service_account": "TASKLANE_INVOKER_SERVICE_ACCOUNT",
     "task_audience": "TASKLANE_TASK_AUDIENCE",
     "task_dispatch_deadline": "TASKLANE_TASK_DISPATCH_DEADLINE",
+    "firestore_database": "TASKLANE_FIRESTORE_DATABASE",
 }
+OPTIONAL_KEYS = frozenset({"task_dispatch_deadline", "firestore_database"})
 DEFAULT_ROUTE = "/process-order"
 DEFAULT_DEADLINE_SECONDS = 600.0
 
@@ -54,6 +56,8 @@ class ProducerConfig:
     dispatch_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
     route: str = DEFAULT_ROUTE
     emulator_host: str | None = None
+    firestore_database: str | None = None
+    """The stack's Firestore database (output firestore_database), where dead letters are kept."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,7 +94,8 @@ class ProducerConfig:
         return cls(queue_path=outputs["queue_path"], service_url=outputs["service_url"],
                    invoker_service_account=outputs["invoker_service_account"], task_audience=outputs["task_audience"],
                    dispatch_deadline_seconds=_seconds(str(deadline)) if deadline else DEFAULT_DEADLINE_SECONDS,
-                   emulator_host=env.get(EMULATOR_HOST) or None)
+                   emulator_host=env.get(EMULATOR_HOST) or None,
+                   firestore_database=str(outputs.get("firestore_database") or "") or None)
 
     @classmethod
     def from_outputs_file(cls, path: Path) -> ProducerConfig:
@@ -122,7 +127,7 @@ class ProducerConfig:
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> ProducerConfig:
         env = os.environ if env is None else env
-        missing = [name for key, name in ENVIRONMENT_KEYS.items() if key != "task_dispatch_deadline"
+        missing = [name for key, name in ENVIRONMENT_KEYS.items() if key not in OPTIONAL_KEYS
                    and not env.get(name)]
         if missing:
             raise ConfigError(f"set {', '.join(missing)} (the stack's outputs), or build the producer from "

@@ -257,6 +257,26 @@ class TaskProducer:
             raise explain_permission_denied(error, self.config) from error
         return Enqueued(created.name)
 
+    def enqueue_body(self, body: bytes, *, content_type: str = "application/json", route: str | None = None,
+                     deadline: float | None = None) -> Enqueued:
+        """Create a task carrying `body` exactly as given (a dead letter's replay), under a fresh random name."""
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidTask(f"the body is {len(body)} bytes; a task holds at most {MAX_BODY_BYTES} bytes")
+        route = route if route and route.startswith("/") else self.config.route
+        deadline = self.config.dispatch_deadline_seconds if deadline is None else deadline
+        task: dict[str, Any] = {
+            "name": f"{self.config.queue_path}/tasks/{secrets.token_hex(16)}",
+            "http_request": {"url": self.config.service_url.rstrip("/") + route, "http_method": "POST",
+                             "headers": {"Content-Type": content_type}, "body": body,
+                             "oidc_token": {"service_account_email": self.config.invoker_service_account,
+                                            "audience": self.config.task_audience}},
+            "dispatch_deadline": duration_pb2.Duration(seconds=int(deadline), nanos=int((deadline % 1) * 1e9))}
+        try:
+            created = self._client.create_task(request={"parent": self.config.queue_path, "task": task})
+        except api_exceptions.PermissionDenied as error:
+            raise explain_permission_denied(error, self.config) from error
+        return Enqueued(created.name)
+
     # -- Many tasks -------------------------------------------------------------------------------------
 
     def enqueue_many(self, specs: Iterable[TaskSpec], *, concurrency: int = 64, attempts: int = 5,

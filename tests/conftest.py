@@ -1,3 +1,45 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration, and Google's emulators, each started once per session when a test asks.
+
+Where an emulator cannot run here, its tests skip with the reason; under CI (CI=true) that fails the run
+instead, since CI must exercise them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from local.google_emulators import FIRESTORE, EmulatorKind, GoogleEmulator, why_unavailable
 
 pytest_plugins = ["emulator.testing"]
+
+
+def running_emulator(kind: EmulatorKind) -> Iterator[GoogleEmulator]:
+    """Start `kind` on a free loopback port for the session, or skip (fail under CI) saying why it cannot run."""
+    reason = why_unavailable(kind)
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+    emulator = GoogleEmulator(kind).start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator[GoogleEmulator]:
+    """Google's Firestore emulator; FIRESTORE_EMULATOR_HOST is set while the session runs."""
+    for emulator in running_emulator(FIRESTORE):
+        previous = os.environ.get(FIRESTORE.environment_variable)
+        os.environ.update(emulator.environment())
+        try:
+            yield emulator
+        finally:
+            if previous is None:
+                os.environ.pop(FIRESTORE.environment_variable, None)
+            else:
+                os.environ[FIRESTORE.environment_variable] = previous

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -43,7 +44,33 @@ def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
     assert f"export CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDTASKS=http://127.0.0.1:{ports[1]}/\n" in out
     assert "export CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true\n" in out
     assert "gcloud tasks create-http-task --queue=projects/" in out
+    assert_dead_letter_listed_and_replayed(out)
+    assert "▶ Firestore emulator on 127.0.0.1:" in out and "export FIRESTORE_EMULATOR_HOST=127.0.0.1:" in out
     assert all_free(ports), "the emulator and handler are stopped"
+    assert no_firestore_emulator_left(out)
+
+
+def assert_dead_letter_listed_and_replayed(out: str) -> None:
+    letters = out[out.index("$ python -m producer dead-letters list"):]
+    assert "rejected" in letters and "invalid order: Object missing required field `orderId`" in letters
+    assert "$ python -m producer dead-letters replay " in letters
+    assert "attempt 1: HTTP 200 (processed" in letters
+
+
+def no_firestore_emulator_left(out: str) -> bool:
+    """Nothing of make local's Firestore emulator (gcloud, its script, Java) runs, nor holds its port."""
+    port = int(re.search(r"Firestore emulator on 127\.0\.0\.1:(\d+)", out).group(1))  # type: ignore[union-attr]
+    found = subprocess.run(["pgrep", "-f", f"port={port}"], capture_output=True, text=True)
+    return found.stdout.strip() == "" and all_free([port])
+
+
+def test_without_the_firestore_emulator_letters_go_to_files_and_the_same_cli_reads_them(tmp_path: Path) -> None:
+    command, ports = local_command(tmp_path, "--once", "--no-google-emulators")
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no Firestore emulator (--no-google-emulators)" in result.stdout
+    assert_dead_letter_listed_and_replayed(result.stdout)
+    assert len(list((tmp_path / "state" / "dead-letters").glob("*.json"))) == 2, "the letter and its replay's"
 
 
 def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
@@ -51,13 +78,16 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     deadline = time.monotonic() + 90
+    out = ""
     while time.monotonic() < deadline:
         line = process.stdout.readline()
+        out += line
         if "Press Ctrl-C" in line or not line:
             break
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
     assert all_free(ports), "nothing is left running"
+    assert no_firestore_emulator_left(out), "Google's Firestore emulator and its Java process are stopped too"
 
 
 def test_a_busy_port_is_named(tmp_path: Path) -> None:
