@@ -72,13 +72,19 @@ class Child:
                 self.process.wait()
 
 
-def start_emulator(args: argparse.Namespace, state_dir: Path) -> tuple[Child, str]:
+def start_emulator(args: argparse.Namespace, state_dir: Path,
+                   final_failures: dict[str, str] | None = None) -> tuple[Child, str]:
     command = [sys.executable, "-m", "emulator", "--host", args.host, "--grpc-port", str(args.grpc_port),
                "--http-port", str(args.emulator_http_port), "--pulumi-stack", args.stack,
-               "--state-file", str(state_dir / "emulator.sqlite"), "--log-level", "WARNING"]
+               "--state-file", str(state_dir / "emulator.sqlite"), "--log-level", "WARNING",
+               "--task-operations-log", str(state_dir / "task-operations.jsonl")]
+    environment = dict(os.environ)
+    if final_failures:
+        command += ["--final-failures-topic", final_failures["topic"]]
+        environment["PUBSUB_EMULATOR_HOST"] = final_failures["host"]
     # Own session: a terminal Ctrl-C reaches only this runner, which then stops the children in order.
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+                               start_new_session=True, env=environment)
     assert process.stdout is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -126,6 +132,42 @@ def start_stores(args: argparse.Namespace, state_dir: Path, project: str,
                     f"{LOCAL_FIRESTORE_DATABASE}) keeps idempotency keys and dead letters")
     return files, (f"no Firestore emulator ({reason}): idempotency keys stay in the handler, dead letters go to "
                    f"{files['TASKLANE_DEAD_LETTER_DIR']}")
+
+
+def start_final_failures_route(args: argparse.Namespace, state_dir: Path, project: str, service_url: str,
+                               children: list[Any]) -> tuple[dict[str, str] | None, str]:
+    """Google's Pub/Sub emulator with a topic for final failed attempts and a push subscription to the
+    handler's /task-operations route, as the deployed stack routes them; None and why, when it cannot run."""
+    from local.google_emulators import PUBSUB, EmulatorFailed, GoogleEmulator, why_unavailable
+
+    reason = "--no-google-emulators" if args.no_google_emulators else why_unavailable(PUBSUB)
+    if reason is None:
+        emulator = GoogleEmulator.pubsub(host=args.host, log_path=state_dir / "pubsub-emulator.log")
+        try:
+            emulator.start()
+        except EmulatorFailed as error:
+            reason = str(error)
+        else:
+            children.append(EmulatorChild(emulator))
+            topic = f"projects/{project}/topics/final-failures"
+            previous = os.environ.get(PUBSUB.environment_variable)
+            os.environ[PUBSUB.environment_variable] = emulator.host_port
+            try:
+                from google.cloud import pubsub_v1  # type: ignore[attr-defined, import-untyped, unused-ignore]
+
+                pubsub_v1.PublisherClient().create_topic(request={"name": topic})
+                pubsub_v1.SubscriberClient().create_subscription(request={
+                    "name": f"projects/{project}/subscriptions/final-failures-push", "topic": topic,
+                    "push_config": {"push_endpoint": f"{service_url}/task-operations"}})
+            finally:
+                if previous is None:
+                    os.environ.pop(PUBSUB.environment_variable, None)
+                else:
+                    os.environ[PUBSUB.environment_variable] = previous
+            return ({"topic": topic, "host": emulator.host_port},
+                    f"Pub/Sub emulator on {emulator.host_port} (Google's) routes final failed attempts to "
+                    f"{service_url}/task-operations, as the deployed log sink does")
+    return None, f"no Pub/Sub emulator ({reason}): tasks given up unseen are only in the task-operations log"
 
 
 def start_handler(args: argparse.Namespace, environment: dict[str, str], state_dir: Path) -> Child:
@@ -204,11 +246,13 @@ def run(args: argparse.Namespace) -> int:
     service_url = f"http://{args.host}:{args.handler_port}"
     children: list[Any] = []
     try:
-        emulator, ready = start_emulator(args, state_dir)
+        project = queue_path.split("/")[1]
+        final_failures, routed = start_final_failures_route(args, state_dir, project, service_url, children)
+        print(f"▶ {routed}", flush=True)
+        emulator, ready = start_emulator(args, state_dir, final_failures)
         children.append(emulator)
         emulator_url = f"http://{args.host}:{args.emulator_http_port}"
         print(f"▶ {ready}", flush=True)
-        project = queue_path.split("/")[1]
         stores, which = start_stores(args, state_dir, project, children)
         print(f"▶ {which}", flush=True)
         os.environ.pop("FIRESTORE_EMULATOR_HOST", None)  # only ours, or none
@@ -218,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
             "TASKLANE_INVOKER_SERVICE_ACCOUNT": invoker, "TASKLANE_TASK_AUDIENCE": service_url,
             "TASKLANE_MAX_ATTEMPTS": str(settings.max_attempts), "TASKLANE_TOKEN_CHECK": "full",
             "TASKLANE_TRACE_EXPORTER": "log",
+            "TASKLANE_PUSH_TOKEN_CHECK": "off",  # Google's Pub/Sub emulator signs no pushes
             "TASKLANE_TOKEN_ISSUERS": emulator_url, "TASKLANE_TOKEN_CERTS_URL": f"{emulator_url}/oauth2/v1/certs",
             "TASKLANE_DEMO_ACTIONS": "true"}, state_dir))
         print(f"▶ handler on {service_url} (checks the emulator's tokens in full; log: {state_dir / 'handler.log'})",

@@ -46,6 +46,7 @@ def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
     assert "gcloud tasks create-http-task --queue=projects/" in out
     assert_dead_letter_listed_and_replayed(out)
     assert "▶ Firestore emulator on 127.0.0.1:" in out and "export FIRESTORE_EMULATOR_HOST=127.0.0.1:" in out
+    assert "▶ Pub/Sub emulator on 127.0.0.1:" in out and "/task-operations, as the deployed log sink does" in out
     assert all_free(ports), "the emulator and handler are stopped"
     assert no_firestore_emulator_left(out)
 
