@@ -4,6 +4,13 @@ Starts the local Cloud Tasks emulator with the dev stack's queue (same rate and 
 Pulumi.dev.yaml) and the handler checking the emulator's tokens in full, enqueues sample orders through
 the producer (including one that fails transiently and then succeeds, and one that can never succeed),
 shows each one's attempts and final state, then keeps running for your own producers until Ctrl-C.
+The console (the emulator's HTTP root) shows the same live in the browser.
+
+    python -m local              # the pipeline, until Ctrl-C
+    python -m local --once       # the samples, then stop
+    python -m local status       # a running pipeline's queues, recent outcomes and dead letters
+
+State (the emulator's queues and tasks, the handler's log) is kept in .tasklane/ across restarts.
 """
 
 from __future__ import annotations
@@ -38,7 +45,10 @@ class LocalError(RuntimeError):
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on the port now. SO_REUSEADDR as the servers set it, so a port whose
+    last connections are in TIME_WAIT (a restart right after Ctrl-C) counts as free."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -69,7 +79,13 @@ class Child:
 def start_emulator(args: argparse.Namespace, state_dir: Path) -> tuple[Child, str]:
     command = [sys.executable, "-m", "emulator", "--host", args.host, "--grpc-port", str(args.grpc_port),
                "--http-port", str(args.emulator_http_port), "--pulumi-stack", args.stack,
-               "--state-file", str(state_dir / "emulator.sqlite"), "--log-level", "WARNING"]
+               "--state-file", str(state_dir / "emulator.sqlite"), "--log-level", "WARNING",
+               # The console shows the handler's dead letters (its log, or the local store's files) and
+               # replays one to the handler with the invoker's token when its original attempts are gone.
+               "--dead-letter-log", str(state_dir / "handler.log"),
+               "--dead-letter-dir", str(state_dir / "dead-letters"),
+               "--console-replay-url", f"http://{args.host}:{args.handler_port}",
+               "--console-replay-oidc-email", args.invoker]
     # Own session: a terminal Ctrl-C reaches only this runner, which then stops the children in order.
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
@@ -86,7 +102,8 @@ def start_emulator(args: argparse.Namespace, state_dir: Path) -> tuple[Child, st
 
 
 def start_handler(args: argparse.Namespace, environment: dict[str, str], state_dir: Path) -> Child:
-    log = open(state_dir / "handler.log", "w")  # noqa: SIM115 - the child holds it until it exits
+    # Appended, not truncated: the log holds the dead letters the console shows across restarts.
+    log = open(state_dir / "handler.log", "a")  # noqa: SIM115 - the child holds it until it exits
     process = subprocess.Popen([sys.executable, "-m", "handler"], cwd=REPO, env={**os.environ, **environment},
                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -158,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     queue_path, invoker = settings.local_queue_path, settings.invoker_email
+    args.invoker = invoker
+    print(f"▶ Console: http://{args.host}:{args.emulator_http_port}/  (state kept in {state_dir})", flush=True)
     service_url = f"http://{args.host}:{args.handler_port}"
     children: list[Child] = []
     try:
@@ -202,10 +221,11 @@ Ready for your own producers. In another shell:
 gcloud talks to the same queue over the emulator's REST API:
 {gcloud_exports}
   {local_smoke_task(queue_path, service_url, invoker)}
-Inspect: {emulator_url}/v1/attempts   Handler log: {state_dir / 'handler.log'}
-Press Ctrl-C to stop everything.""", flush=True)
+Console: {emulator_url}/   Status: .venv/bin/python -m local status   Handler log: {state_dir / 'handler.log'}""",
+              flush=True)
         if args.once:
             return 0 if ok else 1
+        print("Press Ctrl-C to stop everything.", flush=True)
         while True:  # until Ctrl-C (KeyboardInterrupt) or SIGTERM
             for child in children:
                 if child.process.poll() is not None:
@@ -216,7 +236,36 @@ Press Ctrl-C to stop everything.""", flush=True)
             child.stop()
 
 
+def status(argv: list[str]) -> int:
+    """`python -m local status`: a running pipeline's queues, recent outcomes and dead letters."""
+    parser = argparse.ArgumentParser(prog="python -m local status", description=status.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--emulator-http-port", type=int, default=8124, help="emulator HTTP port (default 8124)")
+    args = parser.parse_args(argv)
+    base = f"http://{args.host}:{args.emulator_http_port}"
+    try:
+        overview = http_json(f"{base}/console/api/overview")
+    except OSError as error:
+        print(f"local status: nothing answers at {base} ({getattr(error, 'reason', error)}); start it with "
+              "`make local`", file=sys.stderr)
+        return 2
+    print(f"Console: {base}/")
+    for queue in overview["queues"]:
+        outcomes = ", ".join(f"{count} {outcome.replace('_', ' ')}"
+                             for outcome, count in sorted(queue["outcomesLastMinute"].items())) or "none"
+        print(f"{queue['id']}  {queue['state']}  depth {queue['depth']}  in flight {queue['inFlight']}  "
+              f"dispatches in the last minute {queue['dispatchesLastMinute']} (limit {queue['limitPerMinute']:g})  "
+              f"outcomes: {outcomes}")
+    if not overview["queues"]:
+        print("no queues")
+    print(f"dead letters: {overview['deadLetters']} (from {overview['deadLetterSource']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return status(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", default="dev", help="whose queue settings to use (default dev)")
@@ -235,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("\nStopped: the emulator and handler are shut down.", flush=True)
+        print(f"\nStopped: everything is shut down (emulator and handler); state stays in {args.state_dir}", flush=True)
         return 0
     except LocalError as error:
         print(f"make local: {error}", file=sys.stderr)

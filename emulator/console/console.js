@@ -88,7 +88,7 @@ const views = {
         el("td", {}, `${q.rate.maxDispatchesPerSecond}/s, burst ${q.rate.maxBurstSize}`, el("br"),
            el("span", {class: "muted"}, `${retry.maxAttempts ?? "∞"} attempts, backoff ${retry.minBackoff || "?"}–` +
               `${retry.maxBackoff || "?"}, ${retry.maxDoublings ?? 0} doublings` +
-              (retry.maxRetryDuration ? `, for ${retry.maxRetryDuration}` : ""))),
+              (retry.maxRetryDuration && retry.maxRetryDuration !== "0s" ? `, for ${retry.maxRetryDuration}` : ""))),
         el("td", {}, el("div", {class: "actions"},
           q.state === "paused" ? el("button", {class: "primary", onclick: () => act("resume", q.name)}, "Resume")
                                : el("button", {onclick: () => act("pause", q.name)}, "Pause"),
