@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,8 @@ def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
     assert f"export CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDTASKS=http://127.0.0.1:{ports[1]}/\n" in out
     assert "export CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true\n" in out
     assert "gcloud tasks create-http-task --queue=projects/" in out
+    assert out.startswith(f"▶ Console: http://127.0.0.1:{ports[1]}/"), "the console's URL comes first"
+    assert "Press Ctrl-C" not in out, "--once stops by itself"
     assert all_free(ports), "the emulator and handler are stopped"
 
 
@@ -55,9 +58,19 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
         line = process.stdout.readline()
         if "Press Ctrl-C" in line or not line:
             break
+    status = subprocess.run([sys.executable, "-m", "local", "status", "--emulator-http-port", str(ports[1])],
+                            cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"tasklane-dev-queue  running  depth 0  in flight 0  .*outcomes: .*\d+ succeeded", status.stdout)
+    assert "dead letters: 1 " in status.stdout
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0
+    rest, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert rest.rstrip().splitlines()[-1].startswith("Stopped: everything is shut down"), rest
     assert all_free(ports), "nothing is left running"
+    again = subprocess.run([*command, "--once"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, f"a restart right after Ctrl-C works at once: {again.stderr}"
+    assert "(state kept in" in again.stdout
 
 
 def test_a_busy_port_is_named(tmp_path: Path) -> None:
@@ -68,3 +81,26 @@ def test_a_busy_port_is_named(tmp_path: Path) -> None:
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"port {ports[2]} on 127.0.0.1 is in use" in result.stderr
+
+
+def test_the_port_probe_counts_a_port_in_time_wait_as_free() -> None:
+    from local.__main__ import port_free
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first, so its end of the connection waits in TIME_WAIT
+        client.recv(1)
+        client.close()
+    time.sleep(0.05)
+    assert port_free("127.0.0.1", port)
+
+
+def test_status_says_when_nothing_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "local", "status", "--emulator-http-port", str(free_port())],
+                            cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "nothing answers at http://127.0.0.1:" in result.stderr
