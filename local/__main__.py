@@ -217,6 +217,7 @@ Ready for your own producers. In another shell:
   export TASKLANE_SERVICE_URL={service_url}
   export TASKLANE_INVOKER_SERVICE_ACCOUNT={invoker}
   export TASKLANE_TASK_AUDIENCE={service_url}
+  export TASKLANE_EMULATOR_HTTP_URL={emulator_url}
   .venv/bin/python -m producer enqueue update_inventory --payload '{{"orderId": "my-1"}}'
 gcloud talks to the same queue over the emulator's REST API:
 {gcloud_exports}
