@@ -95,6 +95,7 @@ bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.pac
 	$(BIN)/python bench/emulator_bench.py --peer-python $(PEER_EMULATOR_VENV)/bin/python
 	$(BIN)/python bench/emulator_rest_bench.py
 	$(BIN)/python bench/producer_bench.py
+	$(BIN)/python bench/console_bench.py
 	$(BIN)/python bench/emulator_hardening_bench.py --baseline $(EMULATOR_VALIDATION_BASELINE)
 	$(BIN)/python bench/report.py
 

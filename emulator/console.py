@@ -18,7 +18,6 @@ import base64
 import bisect
 import json
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,13 +96,24 @@ def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
     return json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode(), key
 
 
+@dataclass
+class _Listing:
+    members: set[str]
+    names: list[str]
+    ids: list[str]
+
+
+def _lower_id(name: str) -> str:
+    return name.rsplit("/", 1)[1].lower()
+
+
 class Console:
     def __init__(self, api: CloudTasksApi, config: ConsoleConfig, host: str) -> None:
         self.api, self.config, self.host = api, config, host
         self.engine, self.dispatcher = api.engine, api.dispatcher
         self.letters = config.letters or CombinedLetters([])
         self.token = secrets.token_urlsafe(24)
-        self._sorted: dict[str, tuple[int, float, list[str], list[str]]] = {}
+        self._sorted: dict[str, _Listing] = {}
 
     # -- Reads --------------------------------------------------------------------------------------
 
@@ -140,35 +150,51 @@ class Console:
                 "deadLetterSource": self.letters.description}
 
     def _names(self, queue: str) -> tuple[list[str], list[str]]:
-        """The queue's task names, sorted, and their IDs in lower case (for search); sorted again when the set
-        changed size or after a second, so a page costs a bisect and a slice, not a sort of the whole queue."""
-        state = self.engine.queues[queue]
+        """The queue's task names, sorted, and their IDs in lower case (for search). Kept between requests and
+        brought up to date by set difference, so a page costs a bisect and a slice, not a sort of the queue."""
+        current = self.engine.queues[queue].tasks
         cached = self._sorted.get(queue)
-        now = time.monotonic()
-        if cached is None or cached[0] != len(state.tasks) or now - cached[1] > 1.0:
-            names = sorted(state.tasks)
-            cached = (len(state.tasks), now, names, [name.rsplit("/", 1)[1].lower() for name in names])
+        if cached is None:
+            names = sorted(current)
+            cached = _Listing(set(current), names, [_lower_id(name) for name in names])
             self._sorted[queue] = cached
-        return cached[2], cached[3]
+        elif cached.members != current:
+            added, removed = current - cached.members, cached.members - current
+            if len(added) + len(removed) > len(current) // 20 + 100:
+                names = sorted(current)
+                cached.names, cached.ids = names, [_lower_id(name) for name in names]
+            else:
+                for name in removed:
+                    index = bisect.bisect_left(cached.names, name)
+                    del cached.names[index], cached.ids[index]
+                for name in added:
+                    index = bisect.bisect_left(cached.names, name)
+                    cached.names.insert(index, name)
+                    cached.ids.insert(index, _lower_id(name))
+            cached.members = set(current)
+        return cached.names, cached.ids
 
     def tasks(self, queue: str, search: str, after: str, limit: int) -> dict[str, Any]:
         if queue not in self.engine.queues:
             raise KeyError(queue)
         names, ids = self._names(queue)
-        position = bisect.bisect_right(names, after) if after else 0
+        start = bisect.bisect_right(names, after) if after else 0
         wanted = search.strip().lower()
+        if wanted:
+            positions: list[int] = [i for i in range(start, len(ids)) if wanted in ids[i]]
+        else:
+            positions = list(range(start, min(len(names), start + limit + 1)))
         page: list[dict[str, Any]] = []
-        while position < len(names) and len(page) < limit:
-            name = names[position]
-            position += 1
-            if wanted and wanted not in ids[position - 1]:
-                continue
-            state = self.engine.tasks.get(name)
-            if state is None:
-                continue
-            page.append(self._task_row(name, state))
-        more = any(wanted in ids[i] for i in range(position, len(ids))) if wanted else position < len(names)
-        return {"queue": queue, "total": len(names), "tasks": page,
+        for used, position in enumerate(positions, start=1):
+            state = self.engine.tasks.get(names[position])
+            if state is not None:
+                page.append(self._task_row(names[position], state))
+            if len(page) == limit:
+                more = used < len(positions)
+                break
+        else:
+            more = False
+        return {"queue": queue, "total": len(names), "matched": len(positions) if wanted else None, "tasks": page,
                 "next": page[-1]["name"] if page and more else None}
 
     def _task_row(self, name: str, state: Any) -> dict[str, Any]:
