@@ -161,6 +161,8 @@ class EmulatorServer:
         self._grpc.add_generic_rpc_handlers((grpc_handlers(api),))
         if config.grpc_port:  # a clear reason now, rather than gRPC's own log line and a bare failure
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # As gRPC binds: a port whose last connections are in TIME_WAIT (a restart) is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((config.host, config.grpc_port))
                 except OSError as error:

@@ -91,14 +91,16 @@ def start_emulator(args: argparse.Namespace, state_dir: Path) -> tuple[Child, st
                                start_new_session=True)
     assert process.stdout is not None
     deadline = time.monotonic() + 30
+    said = ""
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if "emulator ready" in line:
             return Child("emulator", process), line.strip()
+        said = line.strip() or said
         if not line and process.poll() is not None:
             break
     process.kill()
-    raise LocalError("the emulator did not start; run `python -m emulator --pulumi-stack dev` to see why")
+    raise LocalError(f"the emulator did not start: {said or 'it said nothing'}")
 
 
 def start_handler(args: argparse.Namespace, environment: dict[str, str], state_dir: Path) -> Child:

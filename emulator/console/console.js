@@ -118,7 +118,8 @@ const views = {
         el("button", {onclick: () => act("run", t.name)}, "Run now"),
         el("button", {class: "danger", onclick: () => act("delete", t.name, `Delete ${t.id}?`)}, "Delete")))));
     const pager = el("div", {class: "toolbar"},
-      el("span", {class: "muted"}, `${data.total.toLocaleString()} tasks in the queue` +
+      el("span", {class: "muted"}, (data.matched !== null ? `${data.matched.toLocaleString()} matching, of ` : "") +
+         `${data.total.toLocaleString()} tasks in the queue` +
          (state.after ? `, after ${short(state.after)}` : "")),
       state.after ? el("button", {onclick: () => { state.after = ""; state.pages = []; refresh(); }}, "First page") : null,
       state.pages && state.pages.length ? el("button", {onclick: () => { state.after = state.pages.pop(); refresh(); }},
