@@ -182,7 +182,19 @@ RSS after expiry minus idle start: **{memory['rss_growth_mib_from_start']} MiB**
 """
 
 
-SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {"handler": handler_section, "emulator": emulator_section,
+def console_section(result: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {label} | {view['p50_ms']} | {view['p95_ms']} | {view['max_ms']} |"
+                     for label, view in result["views"].items())
+    verdict = "within" if result["within_limit"] else "OVER"
+    return (f"## Console views at size (issue 15)\n\n{result['tasks']:,} tasks in one queue, "
+            f"{result['attempt_records']:,} attempt records, {result['dead_letters']} dead letters; "
+            f"{result['requests_per_view']} requests per view over one connection. Worst p95 "
+            f"{result['worst_p95_ms']} ms, {verdict} the {result['limit_p95_ms']:g} ms limit.\n\n"
+            f"| view | p50 ms | p95 ms | max ms |\n| --- | --- | --- | --- |\n{rows}\n")
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {"console": console_section, "handler": handler_section,
+                                                        "emulator": emulator_section,
                                                         "producer": producer_section,
                                                         "emulator_hardening": emulator_hardening_section,
                                                         "emulator_rest": emulator_rest_section}

@@ -22,6 +22,8 @@ import grpc
 from google.cloud.tasks_v2.types import queue as queue_types
 
 from emulator.clock import ManualClock, SystemClock
+from emulator.console import ConsoleConfig
+from emulator.dead_letters import CombinedLetters, DirectoryLetters, HandlerLogLetters, LetterSource
 from emulator.faults import Faults
 from emulator.server import EmulatorConfig, EmulatorServer
 from emulator.store import StateFileError
@@ -109,6 +111,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--final-failures-topic", type=_topic_path, metavar="projects/P/topics/T",
                         help="publish final failed attempts to this Pub/Sub topic, as the deployed log sink does "
                              "(needs PUBSUB_EMULATOR_HOST)")
+    parser.add_argument("--dead-letter-log", type=Path, metavar="FILE",
+                        help="the handler's JSON log: the console shows the dead letters it records")
+    parser.add_argument("--dead-letter-dir", type=Path, metavar="DIR",
+                        help="the local dead-letter store's directory (one JSON file a letter), for the console")
+    parser.add_argument("--console-replay-url", metavar="URL",
+                        help="where the console's Replay sends a letter whose original attempts are no longer known "
+                             "(the handler's base URL)")
+    parser.add_argument("--console-replay-oidc-email", metavar="EMAIL",
+                        help="the service account whose OIDC token such a replay carries")
     args = parser.parse_args(argv)
     if args.final_failures_topic and not os.environ.get("PUBSUB_EMULATOR_HOST"):
         parser.error("--final-failures-topic needs PUBSUB_EMULATOR_HOST (Google's Pub/Sub emulator); "
@@ -122,6 +133,16 @@ def _topic_path(text: str) -> str:
     return text
 
 
+def console_config(args: argparse.Namespace) -> ConsoleConfig:
+    sources: list[LetterSource] = []
+    if args.dead_letter_dir:
+        sources.append(DirectoryLetters(args.dead_letter_dir))
+    if args.dead_letter_log:
+        sources.append(HandlerLogLetters(args.dead_letter_log))
+    return ConsoleConfig(letters=CombinedLetters(sources), replay_url=args.console_replay_url,
+                         replay_oidc_email=args.console_replay_oidc_email)
+
+
 async def serve(args: argparse.Namespace) -> None:
     queues = [queue_types.Queue.pb()(name=path) for path in args.queue]
     queues += [stack_queue(stack, args.project_dir) for stack in args.pulumi_stack]
@@ -132,7 +153,7 @@ async def serve(args: argparse.Namespace) -> None:
         enforce_rate_limits=not args.ignore_rate_limits, app_engine_url=args.app_engine_url,
         faults=Faults(latency=dict(args.latency), error_rate=args.error_rate, error_code=grpc.StatusCode.UNAVAILABLE),
         queues=queues, task_operations_log=args.task_operations_log,
-        final_failures_topic=args.final_failures_topic)
+        final_failures_topic=args.final_failures_topic, console=console_config(args))
     server = EmulatorServer(config)
     await server.start()
     for queue in queues:

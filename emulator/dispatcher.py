@@ -83,6 +83,9 @@ class AttemptRecord:
     response_body: str | None = None
     """The start of the target's answer (at most RESPONSE_BYTES_KEPT bytes, decoded leniently)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    request_body: bytes = b""
+    """The start of the task's body (at most RESPONSE_BYTES_READ), so the console can show what a finished or
+    deleted task sent; the task's own bytes object while it fits, so no copy is made."""
 
 
 class Dispatcher:
@@ -239,7 +242,8 @@ class Dispatcher:
         url = self._url(attempt)
         record = AttemptRecord(task=attempt.task_name, queue=attempt.task_name.split("/tasks/")[0],
                                attempt=attempt.retry_count + 1, method=attempt.method, url=url or attempt.url,
-                               request_headers=dict(headers), started=attempt.started)
+                               request_headers=dict(headers), started=attempt.started,
+                               request_body=attempt.body[:RESPONSE_BYTES_READ])
         self.attempts.append(record)
         status, retry_after, answered = UNREACHABLE, None, False
         try:

@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from emulator.clock import ManualClock
+from emulator.console import ConsoleConfig, console_routes, decode_cursor, encode_cursor
+from emulator.dispatcher import AttemptRecord
 from emulator.faults import Faults
 from emulator.rest_api import rest_routes
 from emulator.rpc import CloudTasksApi
@@ -34,7 +36,18 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def create_http_app(api: CloudTasksApi, tokens: TokenIssuer, base_url: str) -> Starlette:
+ATTEMPT_OUTCOMES = ("in_flight", "succeeded", "retrying", "gave_up", "gone")
+ATTEMPTS_PAGE, MOST_ATTEMPTS_PAGE = 1000, 10_000
+
+
+def attempt_json(record: AttemptRecord) -> dict[str, Any]:
+    shown = dataclasses.asdict(record)
+    del shown["request_body"]
+    return shown
+
+
+def create_http_app(api: CloudTasksApi, tokens: TokenIssuer, base_url: str, console: ConsoleConfig | None = None,
+                    host: str = "127.0.0.1") -> Starlette:
     engine, dispatcher, faults = api.engine, api.dispatcher, api.faults
 
     def message(value: Any) -> dict[str, Any]:
@@ -68,10 +81,45 @@ def create_http_app(api: CloudTasksApi, tokens: TokenIssuer, base_url: str) -> S
         return JSONResponse({"tasks": listed})
 
     async def attempts(request: Request) -> JSONResponse:
-        task, queue = request.query_params.get("task"), request.query_params.get("queue")
-        listed = [dataclasses.asdict(record) for record in dispatcher.attempts
-                  if (task is None or record.task == task) and (queue is None or record.queue == queue)]
-        return JSONResponse({"attempts": listed})
+        """Attempts oldest first, filtered by queue, task and outcome (each exact, any combination), in pages
+        of `pageSize` (default 1000) with `nextPageToken` while more match."""
+        params = request.query_params
+        unknown = sorted(set(params) - {"task", "queue", "outcome", "pageSize", "pageToken"})
+        task, queue, outcome = params.get("task"), params.get("queue"), params.get("outcome")
+        size_text = params.get("pageSize", str(ATTEMPTS_PAGE))
+        try:
+            if unknown:
+                raise ValueError(f"unknown parameter {', '.join(unknown)}: filter by queue, task and outcome, "
+                                 "page with pageSize and pageToken")
+            if outcome is not None and outcome not in ATTEMPT_OUTCOMES:
+                raise ValueError(f"outcome must be one of {', '.join(ATTEMPT_OUTCOMES)}")
+            if not size_text.isdigit() or not 1 <= int(size_text) <= MOST_ATTEMPTS_PAGE:
+                raise ValueError(f"pageSize must be 1 to {MOST_ATTEMPTS_PAGE}")
+            after = decode_cursor(params["pageToken"]) if params.get("pageToken") else None
+            if after is not None and (len(after) != 3 or not isinstance(after[0], int | float)):
+                raise ValueError("invalid pageToken: pass the nextPageToken of an earlier call")
+        except ValueError as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+        size = int(size_text)
+        records = list(dispatcher.attempts)
+        start = 0
+        if after is not None:  # just past the last record returned (or, if it was pruned since, its start time)
+            key = (after[0], after[1], after[2])
+            start = next((i + 1 for i, r in enumerate(records) if (r.started, r.task, r.attempt) == key),
+                         next((i for i, r in enumerate(records) if r.started > after[0]), len(records)))
+        listed: list[AttemptRecord] = []
+        position = start
+        while position < len(records) and len(listed) <= size:
+            record = records[position]
+            position += 1
+            if (task is None or record.task == task) and (queue is None or record.queue == queue) and \
+                    (outcome is None or record.outcome == outcome):
+                listed.append(record)
+        answer: dict[str, Any] = {"attempts": [attempt_json(record) for record in listed[:size]]}
+        if len(listed) > size:
+            last = listed[size - 1]
+            answer["nextPageToken"] = encode_cursor([last.started, last.task, last.attempt])
+        return JSONResponse(answer)
 
     async def clock(request: Request) -> JSONResponse:
         manual = isinstance(engine.clock, ManualClock)
@@ -100,6 +148,7 @@ def create_http_app(api: CloudTasksApi, tokens: TokenIssuer, base_url: str) -> S
                              "errorCode": faults.error_code.name})
 
     return Starlette(routes=[
+        *console_routes(api, console or ConsoleConfig(), host),
         Route("/healthz", health),
         Route("/.well-known/openid-configuration", discovery),
         Route("/oauth2/v3/certs", jwks),

@@ -21,6 +21,7 @@ import uvicorn
 from google.protobuf.message import DecodeError
 
 from emulator.clock import Clock, SystemClock
+from emulator.console import ConsoleConfig
 from emulator.dispatcher import Dispatcher
 from emulator.engine import DEFAULT_QUEUE_TOMBSTONE_SECONDS, DEFAULT_TASK_TOMBSTONE_SECONDS, Engine
 from emulator.faults import Faults
@@ -62,6 +63,8 @@ class EmulatorConfig:
     final_failures_topic: str | None = None
     """projects/P/topics/T: final failed attempts are published there (through PUBSUB_EMULATOR_HOST), as the
     deployed Log Router sink does."""
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    """Where the console at / finds dead letters, and where it sends a replay it has no original attempt for."""
     prune_interval_seconds: float | None = None
     """How often expired tombstones and old attempt records are dropped (emulated time); by default a
     quarter of the task tombstone window, between 1 s and 60 s."""
@@ -158,6 +161,8 @@ class EmulatorServer:
         self._grpc.add_generic_rpc_handlers((grpc_handlers(api),))
         if config.grpc_port:  # a clear reason now, rather than gRPC's own log line and a bare failure
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # As gRPC binds: a port whose last connections are in TIME_WAIT (a restart) is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((config.host, config.grpc_port))
                 except OSError as error:
@@ -172,7 +177,7 @@ class EmulatorServer:
                           "not available")
         await self._grpc.start()
 
-        app = create_http_app(api, tokens, self.http_url)
+        app = create_http_app(api, tokens, self.http_url, config.console, config.host)
         self._http = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
         self._http_task = asyncio.create_task(self._http.serve(sockets=[http_socket]))
         while not self._http.started:

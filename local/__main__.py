@@ -4,11 +4,18 @@ Starts the local Cloud Tasks emulator with the dev stack's queue (same rate and 
 Pulumi.dev.yaml) and the handler checking the emulator's tokens in full, enqueues sample orders through
 the producer (including one that fails transiently and then succeeds, and one that can never succeed),
 shows each one's attempts and final state, lists the dead letter and replays it with the operators' CLI,
-then keeps running for your own producers until Ctrl-C.
+then keeps running for your own producers until Ctrl-C. The console (the emulator's HTTP root) shows the
+same live in the browser.
 
+    python -m local              # the pipeline, until Ctrl-C
+    python -m local --once       # the samples, then stop
+    python -m local status       # a running pipeline's queues, recent outcomes and dead letters
+
+State (the emulator's queues and tasks, the handler's log) is kept in .tasklane/ across restarts.
 Dead letters and idempotency keys go to Google's Firestore emulator when this machine has it (gcloud and
 Java), started on a free port and stopped with everything else; otherwise keys stay in the handler and
-letters go to files under the state folder. Either way the same CLI reads them.
+letters go to files under the state folder. Either way the same CLI reads them. Final failed attempts
+reach the handler through Google's Pub/Sub emulator when it is there, as they do deployed.
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ class LocalError(RuntimeError):
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on the port now. SO_REUSEADDR as the servers set it, so a port whose
+    last connections are in TIME_WAIT (a restart right after Ctrl-C) counts as free."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -77,7 +87,13 @@ def start_emulator(args: argparse.Namespace, state_dir: Path,
     command = [sys.executable, "-m", "emulator", "--host", args.host, "--grpc-port", str(args.grpc_port),
                "--http-port", str(args.emulator_http_port), "--pulumi-stack", args.stack,
                "--state-file", str(state_dir / "emulator.sqlite"), "--log-level", "WARNING",
-               "--task-operations-log", str(state_dir / "task-operations.jsonl")]
+               "--task-operations-log", str(state_dir / "task-operations.jsonl"),
+               # The console shows the handler's dead letters (its log, or the local store's files) and
+               # replays one to the handler with the invoker's token when its original attempts are gone.
+               "--dead-letter-log", str(state_dir / "handler.log"),
+               "--dead-letter-dir", str(state_dir / "dead-letters"),
+               "--console-replay-url", f"http://{args.host}:{args.handler_port}",
+               "--console-replay-oidc-email", args.invoker]
     environment = dict(os.environ)
     if final_failures:
         command += ["--final-failures-topic", final_failures["topic"]]
@@ -87,14 +103,16 @@ def start_emulator(args: argparse.Namespace, state_dir: Path,
                                start_new_session=True, env=environment)
     assert process.stdout is not None
     deadline = time.monotonic() + 30
+    said = ""
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if "emulator ready" in line:
             return Child("emulator", process), line.strip()
+        said = line.strip() or said
         if not line and process.poll() is not None:
             break
     process.kill()
-    raise LocalError("the emulator did not start; run `python -m emulator --pulumi-stack dev` to see why")
+    raise LocalError(f"the emulator did not start: {said or 'it said nothing'}")
 
 
 class EmulatorChild:
@@ -171,7 +189,8 @@ def start_final_failures_route(args: argparse.Namespace, state_dir: Path, projec
 
 
 def start_handler(args: argparse.Namespace, environment: dict[str, str], state_dir: Path) -> Child:
-    log = open(state_dir / "handler.log", "w")  # noqa: SIM115 - the child holds it until it exits
+    # Appended, not truncated: the log holds the dead letters the console shows across restarts.
+    log = open(state_dir / "handler.log", "a")  # noqa: SIM115 - the child holds it until it exits
     process = subprocess.Popen([sys.executable, "-m", "handler"], cwd=REPO, env={**os.environ, **environment},
                                stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -243,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     queue_path, invoker = settings.local_queue_path, settings.invoker_email
+    args.invoker = invoker
+    print(f"▶ Console: http://{args.host}:{args.emulator_http_port}/  (state kept in {state_dir})", flush=True)
     service_url = f"http://{args.host}:{args.handler_port}"
     children: list[Any] = []
     try:
@@ -295,15 +316,17 @@ Ready for your own producers. In another shell:
   export TASKLANE_SERVICE_URL={service_url}
   export TASKLANE_INVOKER_SERVICE_ACCOUNT={invoker}
   export TASKLANE_TASK_AUDIENCE={service_url}
-{exports(stores)}  .venv/bin/python -m producer enqueue update_inventory --payload '{{"orderId": "my-1"}}'
+{exports(stores)}  export TASKLANE_EMULATOR_HTTP_URL={emulator_url}
+  .venv/bin/python -m producer enqueue update_inventory --payload '{{"orderId": "my-1"}}'
   .venv/bin/python -m producer dead-letters list
 gcloud talks to the same queue over the emulator's REST API:
 {gcloud_exports}
   {local_smoke_task(queue_path, service_url, invoker)}
-Inspect: {emulator_url}/v1/attempts   Handler log: {state_dir / 'handler.log'}
-Press Ctrl-C to stop everything.""", flush=True)
+Console: {emulator_url}/   Status: .venv/bin/python -m local status   Handler log: {state_dir / 'handler.log'}""",
+              flush=True)
         if args.once:
             return 0 if ok else 1
+        print("Press Ctrl-C to stop everything.", flush=True)
         while True:  # until Ctrl-C (KeyboardInterrupt) or SIGTERM
             for child in children:
                 if child.process.poll() is not None:
@@ -354,9 +377,36 @@ def show_dead_letters(environment: dict[str, str], poison_task: str, emulator_ur
         time.sleep(0.2)
     print("  the replay was not processed within 30 s", flush=True)
     return False
+def status(argv: list[str]) -> int:
+    """`python -m local status`: a running pipeline's queues, recent outcomes and dead letters."""
+    parser = argparse.ArgumentParser(prog="python -m local status", description=status.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--emulator-http-port", type=int, default=8124, help="emulator HTTP port (default 8124)")
+    args = parser.parse_args(argv)
+    base = f"http://{args.host}:{args.emulator_http_port}"
+    try:
+        overview = http_json(f"{base}/console/api/overview")
+    except OSError as error:
+        print(f"local status: nothing answers at {base} ({getattr(error, 'reason', error)}); start it with "
+              "`make local`", file=sys.stderr)
+        return 2
+    print(f"Console: {base}/")
+    for queue in overview["queues"]:
+        outcomes = ", ".join(f"{count} {outcome.replace('_', ' ')}"
+                             for outcome, count in sorted(queue["outcomesLastMinute"].items())) or "none"
+        print(f"{queue['id']}  {queue['state']}  depth {queue['depth']}  in flight {queue['inFlight']}  "
+              f"dispatches in the last minute {queue['dispatchesLastMinute']} (limit {queue['limitPerMinute']:g})  "
+              f"outcomes: {outcomes}")
+    if not overview["queues"]:
+        print("no queues")
+    print(f"dead letters: {overview['deadLetters']} (from {overview['deadLetterSource']})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return status(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", default="dev", help="whose queue settings to use (default dev)")
@@ -377,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("\nStopped: the emulators and handler are shut down.", flush=True)
+        print(f"\nStopped: everything is shut down (emulators and handler); state stays in {args.state_dir}",
+              flush=True)
         return 0
     except LocalError as error:
         print(f"make local: {error}", file=sys.stderr)

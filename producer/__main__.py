@@ -2,8 +2,8 @@
 
     python -m producer enqueue update_inventory --payload '{"orderId": "o-1"}'
     python -m producer enqueue-file orders.jsonl        # one {"action", "payload", ...} per line
-    python -m producer list
-    python -m producer show TASK_ID
+    python -m producer list [--limit N]                 # every task, fetched in pages
+    python -m producer show TASK_ID                     # enum names, the body decoded; how a finished one ended
     python -m producer dead-letters list [--kind K] [--reason TEXT] [--newer-than 6h] [--older-than 7d]
     python -m producer dead-letters show ID | replay ID... | delete ID...
 
@@ -15,9 +15,12 @@ FIRESTORE_EMULATOR_HOST the dead-letter commands at Google's Firestore emulator 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +99,59 @@ def spec_from_line(line: str, number: int) -> TaskSpec:
                     dedup_key=item.get("dedupKey"), delay=item.get("delay"))
 
 
+EMULATOR_HTTP_URL = "TASKLANE_EMULATOR_HTTP_URL"
+
+
 def describe(task: Any) -> dict[str, Any]:
-    return json.loads(tasks_v2.Task.to_json(task))  # type: ignore[no-any-return]
+    """The task as JSON with enum names (POST, not 1), and its body decoded beside the base64 the API gives."""
+    shown: dict[str, Any] = json.loads(tasks_v2.Task.to_json(task, use_integers_for_enums=False))
+    request = shown.get("httpRequest") or shown.get("appEngineHttpRequest")
+    if request is not None and "body" in request:
+        request["bodyDecoded"] = decoded_body(base64.b64decode(request["body"]))
+    return shown
+
+
+def decoded_body(body: bytes) -> Any:
+    """JSON if it is, else UTF-8 text, else hex."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"hex": body.hex()}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def emulator_http_url(config: ProducerConfig) -> str | None:
+    """The emulator's HTTP port: TASKLANE_EMULATOR_HTTP_URL, else the gRPC port + 1 (its default layout)."""
+    if os.environ.get(EMULATOR_HTTP_URL):
+        return os.environ[EMULATOR_HTTP_URL].rstrip("/")
+    if not config.emulator_host or ":" not in config.emulator_host:
+        return None
+    host, _, port = config.emulator_host.rpartition(":")
+    return f"http://{host}:{int(port) + 1}" if port.isdigit() else None
+
+
+def finished_from_history(config: ProducerConfig, name: str) -> str | None:
+    """How a task the queue no longer holds ended, from the emulator's attempt history; None if unknown."""
+    base = emulator_http_url(config)
+    if base is None:
+        return None
+    query = urllib.parse.urlencode({"task": name})
+    try:
+        with urllib.request.urlopen(f"{base}/v1/attempts?{query}", timeout=5) as response:  # noqa: S310
+            attempts = json.loads(response.read())["attempts"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if not attempts:
+        return None
+    last = attempts[-1]
+    lines = [f"attempt {a['attempt']}: HTTP {a['status']} ({a['outcome'].replace('_', ' ')})" for a in attempts]
+    how = {"succeeded": f"succeeded on attempt {last['attempt']} (HTTP {last['status']})",
+           "gave_up": f"gave up after {last['attempt']} attempts (last HTTP {last['status']})"}.get(
+        last["outcome"], "was deleted")
+    return f"{name}: finished: {how}\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     many.add_argument("file", type=Path)
     many.add_argument("--concurrency", type=int, default=64)
     listing = commands.add_parser("list", help="the queue's tasks")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=int, help="stop after this many (default: every task, fetched in pages)")
     show = commands.add_parser("show", help="one task, in full")
     show.add_argument("task", help="task ID or full name")
     letters = commands.add_parser("dead-letters", help="list, show, replay or delete dead letters",
@@ -147,11 +201,24 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "enqueue-file":
             return _enqueue_file(producer, args.file, args.concurrency)
         elif args.command == "list":
-            for task in producer.list_tasks(args.limit):
+            if args.limit is not None and args.limit < 1:
+                raise InvalidTask("--limit must be at least 1")
+            count = 0
+            for task in producer.iter_tasks(args.limit):
+                count += 1
                 print(f"{task.name.rsplit('/', 1)[1]}  scheduled {task.schedule_time.isoformat()}  "
                       f"attempts {task.dispatch_count}")
+            print(f"{count} task{'s' if count != 1 else ''}", file=sys.stderr)
         else:
-            print(json.dumps(describe(producer.get_task(args.task)), indent=2))
+            try:
+                print(json.dumps(describe(producer.get_task(args.task)), indent=2, ensure_ascii=False))
+            except api_exceptions.NotFound:
+                assert config is not None
+                name = args.task if "/" in args.task else f"{config.queue_path}/tasks/{args.task}"
+                finished = finished_from_history(config, name)
+                if finished is None:
+                    raise
+                print(finished)
     except (ConfigError, InvalidTask, ProducerError, Unreachable) as error:
         print(f"producer: {error}", file=sys.stderr)
         return 2

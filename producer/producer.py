@@ -17,7 +17,7 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,12 +343,16 @@ class TaskProducer:
     # -- Looking at the queue ---------------------------------------------------------------------------
 
     def list_tasks(self, limit: int = 100) -> list[Any]:
-        tasks = []
-        for task in self._client.list_tasks(request={"parent": self.config.queue_path, "page_size": min(limit, 1000)}):
-            tasks.append(task)
-            if len(tasks) >= limit:
-                break
-        return tasks
+        return list(self.iter_tasks(limit))
+
+    def iter_tasks(self, limit: int | None = None) -> Iterator[Any]:
+        """The queue's tasks, page after page (1,000 a call), stopping after `limit` if given."""
+        pages = self._client.list_tasks(request={"parent": self.config.queue_path,
+                                                 "page_size": min(limit or 1000, 1000)})
+        for count, task in enumerate(pages, start=1):
+            yield task
+            if limit is not None and count >= limit:
+                return
 
     def get_task(self, name_or_id: str) -> Any:
         name = name_or_id if "/" in name_or_id else f"{self.config.queue_path}/tasks/{name_or_id}"

@@ -47,6 +47,8 @@ def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
     assert_dead_letter_listed_and_replayed(out)
     assert "▶ Firestore emulator on 127.0.0.1:" in out and "export FIRESTORE_EMULATOR_HOST=127.0.0.1:" in out
     assert "▶ Pub/Sub emulator on 127.0.0.1:" in out and "/task-operations, as the deployed log sink does" in out
+    assert out.startswith(f"▶ Console: http://127.0.0.1:{ports[1]}/"), "the console's URL comes first"
+    assert "Press Ctrl-C" not in out, "--once stops by itself"
     assert all_free(ports), "the emulator and handler are stopped"
     assert no_firestore_emulator_left(out)
 
@@ -85,10 +87,21 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
         out += line
         if "Press Ctrl-C" in line or not line:
             break
+    status = subprocess.run([sys.executable, "-m", "local", "status", "--emulator-http-port", str(ports[1])],
+                            cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"tasklane-dev-queue  running  depth 0  in flight 0  .*outcomes: .*\d+ succeeded", status.stdout)
+    # The poison sample's letter, and its replay's: still no orderId, so rejected again as a new letter.
+    assert "dead letters: 2 " in status.stdout
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0
+    rest, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert rest.rstrip().splitlines()[-1].startswith("Stopped: everything is shut down"), rest
     assert all_free(ports), "nothing is left running"
     assert no_firestore_emulator_left(out), "Google's Firestore emulator and its Java process are stopped too"
+    again = subprocess.run([*command, "--once"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, f"a restart right after Ctrl-C works at once: {again.stderr}"
+    assert "(state kept in" in again.stdout
 
 
 def test_a_busy_port_is_named(tmp_path: Path) -> None:
@@ -99,3 +112,26 @@ def test_a_busy_port_is_named(tmp_path: Path) -> None:
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"port {ports[2]} on 127.0.0.1 is in use" in result.stderr
+
+
+def test_the_port_probe_counts_a_port_in_time_wait_as_free() -> None:
+    from local.__main__ import port_free
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first, so its end of the connection waits in TIME_WAIT
+        client.recv(1)
+        client.close()
+    time.sleep(0.05)
+    assert port_free("127.0.0.1", port)
+
+
+def test_status_says_when_nothing_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "local", "status", "--emulator-http-port", str(free_port())],
+                            cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "nothing answers at http://127.0.0.1:" in result.stderr

@@ -22,7 +22,7 @@ from emulator.testing import RunningEmulator
 from producer import ProducerConfig, TaskProducer, TaskSpec
 from producer.config import ConfigError
 from producer.producer import MAX_BODY_BYTES, InvalidTask, ProducerError, dedup_task_id
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE = "projects/tasklane-test/locations/us-central1/queues/orders"
@@ -403,3 +403,58 @@ def test_enqueue_file_reports_bad_lines_by_their_number_and_creates_the_rest(
     assert "may contain only letters" in failed[6] and "got str 'later'" in failed[7]
     assert "payload must be a mapping" in failed[9]
     assert stored_order_ids(producer) == ["f-1", "f-10"]
+
+
+def test_the_cli_lists_every_task_in_pages_and_shows_names_bodies_and_how_a_finished_task_ended(
+        cloud_tasks_emulator: RunningEmulator, cli_env: dict[str, str], producer: TaskProducer,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    from producer.__main__ import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main(list(args))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    for key, value in cli_env.items():
+        monkeypatch.setenv(key, value)
+    results = producer.enqueue_many([TaskSpec("update_inventory", {"orderId": f"p-{n}"}) for n in range(1005)])
+    assert all(result.status == "created" for result in results)
+    status, out, err = run("list")
+    assert status == 0 and len(out.splitlines()) == 1005 and "1005 tasks" in err, "every task, past the first page"
+    assert len(run("list", "--limit", "7")[1].splitlines()) == 7
+
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=target.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{target.server_address[1]}"
+        for key, value in {"TASKLANE_SERVICE_URL": url, "TASKLANE_TASK_AUDIENCE": url,
+                           "TASKLANE_EMULATOR_HTTP_URL": cloud_tasks_emulator.http_url}.items():
+            monkeypatch.setenv(key, value)
+        name = run("enqueue", "notify_warehouse", "--payload", '{"orderId": "shown-1"}')[1].split()[-1]
+        shown = json.loads(run("show", name)[1])
+        assert shown["httpRequest"]["httpMethod"] == "POST" and shown["view"] == "FULL"
+        assert shown["httpRequest"]["bodyDecoded"]["orderId"] == "shown-1"
+        client = cloud_tasks_emulator.client()
+        client.run_task(name=name)
+        wait_for(lambda: not [t for t in client.list_tasks(parent=QUEUE) if t.name == name], timeout=15,
+                 message="the task to finish")
+        status, out, _ = run("show", name)
+        assert status == 0
+        assert out.splitlines()[0] == f"{name}: finished: succeeded on attempt 1 (HTTP 200)"
+        assert "attempt 1: HTTP 200 (succeeded)" in out
+    finally:
+        target.shutdown()
+        target.server_close()
