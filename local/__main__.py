@@ -21,6 +21,7 @@ reach the handler through Google's Pub/Sub emulator when it is there, as they do
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,27 +129,33 @@ class EmulatorChild:
         self.emulator.stop()
 
 
+def start_google_emulator(kind_name: str, args: argparse.Namespace, state_dir: Path,
+                          children: list[Any]) -> tuple[Any, str | None]:
+    """Google's Firestore or Pub/Sub emulator, started and added to `children`; or None and why it is not."""
+    from local.google_emulators import FIRESTORE, PUBSUB, EmulatorFailed, GoogleEmulator, why_unavailable
+
+    kind = {"firestore": FIRESTORE, "pubsub": PUBSUB}[kind_name]
+    reason = "--no-google-emulators" if args.no_google_emulators else why_unavailable(kind)
+    if reason is not None:
+        return None, reason
+    emulator = GoogleEmulator(kind, host=args.host, log_path=state_dir / f"{kind_name}-emulator.log")
+    try:
+        emulator.start()
+    except EmulatorFailed as error:
+        return None, str(error)
+    children.append(EmulatorChild(emulator))
+    return emulator, None
+
+
 def start_stores(args: argparse.Namespace, state_dir: Path, project: str,
                  children: list[Any]) -> tuple[dict[str, str], str]:
     """The handler's (and CLI's) environment for its stores, and a line saying which they are."""
-    from local.google_emulators import FIRESTORE, EmulatorFailed, GoogleEmulator, why_unavailable
-
     files = {"TASKLANE_DEAD_LETTER_DIR": str(state_dir / "dead-letters")}
-    if args.no_google_emulators:
-        reason: str | None = "--no-google-emulators"
-    else:
-        reason = why_unavailable(FIRESTORE)
-    if reason is None:
-        emulator = GoogleEmulator.firestore(host=args.host, log_path=state_dir / "firestore-emulator.log")
-        try:
-            emulator.start()
-        except EmulatorFailed as error:
-            reason = str(error)
-        else:
-            children.append(EmulatorChild(emulator))
-            return ({**emulator.environment(), "TASKLANE_FIRESTORE_DATABASE": LOCAL_FIRESTORE_DATABASE},
-                    f"Firestore emulator on {emulator.host_port} (Google's; project {project}, database "
-                    f"{LOCAL_FIRESTORE_DATABASE}) keeps idempotency keys and dead letters")
+    emulator, reason = start_google_emulator("firestore", args, state_dir, children)
+    if emulator is not None:
+        return ({**emulator.environment(), "TASKLANE_FIRESTORE_DATABASE": LOCAL_FIRESTORE_DATABASE},
+                f"Firestore emulator on {emulator.host_port} (Google's; project {project}, database "
+                f"{LOCAL_FIRESTORE_DATABASE}) keeps idempotency keys and dead letters")
     return files, (f"no Firestore emulator ({reason}): idempotency keys stay in the handler, dead letters go to "
                    f"{files['TASKLANE_DEAD_LETTER_DIR']}")
 
@@ -156,36 +164,34 @@ def start_final_failures_route(args: argparse.Namespace, state_dir: Path, projec
                                children: list[Any]) -> tuple[dict[str, str] | None, str]:
     """Google's Pub/Sub emulator with a topic for final failed attempts and a push subscription to the
     handler's /task-operations route, as the deployed stack routes them; None and why, when it cannot run."""
-    from local.google_emulators import PUBSUB, EmulatorFailed, GoogleEmulator, why_unavailable
+    emulator, reason = start_google_emulator("pubsub", args, state_dir, children)
+    if emulator is None:
+        return None, f"no Pub/Sub emulator ({reason}): tasks given up unseen are only in the task-operations log"
+    topic = f"projects/{project}/topics/final-failures"
+    with _environment(emulator.environment()):  # the Pub/Sub clients find the emulator only through it
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined, import-untyped, unused-ignore]
 
-    reason = "--no-google-emulators" if args.no_google_emulators else why_unavailable(PUBSUB)
-    if reason is None:
-        emulator = GoogleEmulator.pubsub(host=args.host, log_path=state_dir / "pubsub-emulator.log")
-        try:
-            emulator.start()
-        except EmulatorFailed as error:
-            reason = str(error)
-        else:
-            children.append(EmulatorChild(emulator))
-            topic = f"projects/{project}/topics/final-failures"
-            previous = os.environ.get(PUBSUB.environment_variable)
-            os.environ[PUBSUB.environment_variable] = emulator.host_port
-            try:
-                from google.cloud import pubsub_v1  # type: ignore[attr-defined, import-untyped, unused-ignore]
+        pubsub_v1.PublisherClient().create_topic(request={"name": topic})
+        pubsub_v1.SubscriberClient().create_subscription(request={
+            "name": f"projects/{project}/subscriptions/final-failures-push", "topic": topic,
+            "push_config": {"push_endpoint": f"{service_url}/task-operations"}})
+    return ({"topic": topic, "host": emulator.host_port},
+            f"Pub/Sub emulator on {emulator.host_port} (Google's) routes final failed attempts to "
+            f"{service_url}/task-operations, as the deployed log sink does")
 
-                pubsub_v1.PublisherClient().create_topic(request={"name": topic})
-                pubsub_v1.SubscriberClient().create_subscription(request={
-                    "name": f"projects/{project}/subscriptions/final-failures-push", "topic": topic,
-                    "push_config": {"push_endpoint": f"{service_url}/task-operations"}})
-            finally:
-                if previous is None:
-                    os.environ.pop(PUBSUB.environment_variable, None)
-                else:
-                    os.environ[PUBSUB.environment_variable] = previous
-            return ({"topic": topic, "host": emulator.host_port},
-                    f"Pub/Sub emulator on {emulator.host_port} (Google's) routes final failed attempts to "
-                    f"{service_url}/task-operations, as the deployed log sink does")
-    return None, f"no Pub/Sub emulator ({reason}): tasks given up unseen are only in the task-operations log"
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def start_handler(args: argparse.Namespace, environment: dict[str, str], state_dir: Path) -> Child:

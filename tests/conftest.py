@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from local.google_emulators import FIRESTORE, EmulatorKind, GoogleEmulator, why_unavailable
+from local.google_emulators import FIRESTORE, PUBSUB, EmulatorKind, GoogleEmulator, why_unavailable
 
 pytest_plugins = ["emulator.testing"]
 
@@ -30,16 +30,27 @@ def running_emulator(kind: EmulatorKind) -> Iterator[GoogleEmulator]:
         emulator.stop()
 
 
-@pytest.fixture(scope="session")
-def firestore_emulator() -> Iterator[GoogleEmulator]:
-    """Google's Firestore emulator; FIRESTORE_EMULATOR_HOST is set while the session runs."""
-    for emulator in running_emulator(FIRESTORE):
-        previous = os.environ.get(FIRESTORE.environment_variable)
+def exported(kind: EmulatorKind) -> Iterator[GoogleEmulator]:
+    """`running_emulator(kind)`, with its environment variable set while the session runs (and restored)."""
+    for emulator in running_emulator(kind):
+        previous = os.environ.get(kind.environment_variable)
         os.environ.update(emulator.environment())
         try:
             yield emulator
         finally:
             if previous is None:
-                os.environ.pop(FIRESTORE.environment_variable, None)
+                os.environ.pop(kind.environment_variable, None)
             else:
-                os.environ[FIRESTORE.environment_variable] = previous
+                os.environ[kind.environment_variable] = previous
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator[GoogleEmulator]:
+    """Google's Firestore emulator; FIRESTORE_EMULATOR_HOST is set while the session runs."""
+    yield from exported(FIRESTORE)
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[GoogleEmulator]:
+    """Google's Pub/Sub emulator; PUBSUB_EMULATOR_HOST is set while the session runs."""
+    yield from exported(PUBSUB)

@@ -5,37 +5,15 @@ calls the handler's /task-operations route, which records a `gave_up_unseen` dea
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from local.google_emulators import PUBSUB, GoogleEmulator, why_unavailable
+from local.google_emulators import GoogleEmulator
 from tests.e2e.conftest import MAX_ATTEMPTS, PARENT, Pipeline
 from tests.helpers import wait_for
 
 PROJECT = PARENT.split("/")[1]
 TOPIC = f"projects/{PROJECT}/topics/final-failures"
-
-
-@pytest.fixture(scope="module")
-def pubsub_emulator() -> Iterator[GoogleEmulator]:
-    reason = why_unavailable(PUBSUB)
-    if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {reason}", pytrace=False)
-        pytest.skip(reason)
-    with GoogleEmulator.pubsub() as emulator:
-        previous = os.environ.get(PUBSUB.environment_variable)
-        os.environ.update(emulator.environment())
-        try:
-            yield emulator
-        finally:
-            if previous is None:
-                os.environ.pop(PUBSUB.environment_variable, None)
-            else:
-                os.environ[PUBSUB.environment_variable] = previous
 
 
 def push_to(handler_url: str, name: str) -> None:
