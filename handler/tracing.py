@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from handler.config import TraceExporter
 from handler.logs import StructuredLog
@@ -97,10 +97,7 @@ class Tracing:
         if self.tracer is None:
             yield fallback
             return
+        # An exception leaving the action marks its span as an error and is recorded on it.
         with self.tracer.start_as_current_span(f"action {name}", attributes={"tasklane.action": name},
                                                record_exception=True, set_status_on_exception=True) as span:
-            try:
-                yield log_trace(span.get_span_context())
-            except Exception as error:
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                raise
+            yield log_trace(span.get_span_context())

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import secrets
 
+from opentelemetry import propagate
+
 TRACEPARENT = "traceparent"
 
 
 def current_traceparent() -> str:
     """The current OpenTelemetry span's `traceparent`, or a new sampled trace (random trace and parent IDs)."""
-    try:
-        from opentelemetry import propagate
-    except ImportError:  # pragma: no cover - opentelemetry-api is a dependency; an app may still strip it
-        propagate = None  # type: ignore[assignment]
-    if propagate is not None:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        if carrier.get(TRACEPARENT):
-            return carrier[TRACEPARENT]
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get(TRACEPARENT) or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
