@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from handler import environment
 
@@ -97,13 +98,7 @@ class HandlerConfig:
             problems.append(f"{environment.MAX_ATTEMPTS}={raw_attempts!r}: must be -1 (unlimited) or at least 1")
             max_attempts = -1
 
-        raw_check = env.get(environment.TOKEN_CHECK, TokenCheck.OFF.value)
-        try:
-            token_check = TokenCheck(raw_check)
-        except ValueError:
-            allowed = ", ".join(check.value for check in TokenCheck)
-            problems.append(f"{environment.TOKEN_CHECK}={raw_check!r}: must be one of {allowed}")
-            token_check = TokenCheck.OFF
+        token_check = _choice(env, environment.TOKEN_CHECK, TokenCheck, TokenCheck.OFF, problems)
 
         audience = env.get(environment.TASK_AUDIENCE) or None
         invoker = env.get(environment.INVOKER_SERVICE_ACCOUNT) or None
@@ -112,21 +107,9 @@ class HandlerConfig:
                                 (environment.INVOKER_SERVICE_ACCOUNT, invoker)):
                 if not value:
                     problems.append(f"{name} is required when {environment.TOKEN_CHECK}={token_check.value}")
-        raw_push_check = env.get(environment.PUSH_TOKEN_CHECK, token_check.value)
-        try:
-            push_token_check = TokenCheck(raw_push_check)
-        except ValueError:
-            allowed = ", ".join(check.value for check in TokenCheck)
-            problems.append(f"{environment.PUSH_TOKEN_CHECK}={raw_push_check!r}: must be one of {allowed}")
-            push_token_check = TokenCheck.OFF
+        push_token_check = _choice(env, environment.PUSH_TOKEN_CHECK, TokenCheck, token_check, problems)
         push_account = env.get(environment.PUSH_SERVICE_ACCOUNT) or None
-        raw_exporter = env.get(environment.TRACE_EXPORTER, TraceExporter.OFF.value)
-        try:
-            trace_exporter = TraceExporter(raw_exporter)
-        except ValueError:
-            allowed = ", ".join(exporter.value for exporter in TraceExporter)
-            problems.append(f"{environment.TRACE_EXPORTER}={raw_exporter!r}: must be one of {allowed}")
-            trace_exporter = TraceExporter.OFF
+        trace_exporter = _choice(env, environment.TRACE_EXPORTER, TraceExporter, TraceExporter.OFF, problems)
         raw_demo = env.get(environment.DEMO_ACTIONS, "false").lower()
         if raw_demo not in ("true", "false"):
             problems.append(f"{environment.DEMO_ACTIONS}={raw_demo!r}: must be true or false")
@@ -159,6 +142,19 @@ class HandlerConfig:
             firestore_database=database,
             dead_letter_dir=env.get(environment.DEAD_LETTER_DIR, "").strip() or None,
         )
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def _choice(env: Mapping[str, str], name: str, kind: type[Choice], default: Choice, problems: list[str]) -> Choice:
+    """One of `kind`'s values from `env[name]` (`default` when unset); a problem naming the allowed ones else."""
+    raw = env.get(name, default.value)
+    try:
+        return kind(raw)
+    except ValueError:
+        problems.append(f"{name}={raw!r}: must be one of {', '.join(choice.value for choice in kind)}")
+        return default
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:

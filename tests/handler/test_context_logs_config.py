@@ -106,6 +106,15 @@ def test_bad_settings_are_refused_at_start_naming_each_variable() -> None:
     message = str(refusal.value)
     assert "TASKLANE_MAX_ATTEMPTS='0': must be -1 (unlimited) or at least 1" in message
     assert "TASKLANE_TOKEN_CHECK='strict': must be one of off, claims, full" in message
+    with pytest.raises(ConfigError) as refusal:
+        HandlerConfig.from_environment({environment.PUSH_TOKEN_CHECK: "loose", environment.TRACE_EXPORTER: "jaeger"})
+    message = str(refusal.value)
+    assert "TASKLANE_PUSH_TOKEN_CHECK='loose': must be one of off, claims, full" in message
+    assert "TASKLANE_TRACE_EXPORTER='jaeger': must be one of off, log, cloud-trace" in message
+    # Pushes are checked as strictly as tasks unless the environment says otherwise.
+    config = HandlerConfig.from_environment({environment.TOKEN_CHECK: "claims", environment.TASK_AUDIENCE: "a",
+                                             environment.INVOKER_SERVICE_ACCOUNT: "inv@p"})
+    assert config.push_token_check is TokenCheck.CLAIMS
     with pytest.raises(ConfigError, match="TASKLANE_TASK_AUDIENCE is required when TASKLANE_TOKEN_CHECK=full"):
         HandlerConfig.from_environment({environment.TOKEN_CHECK: "full",
                                         environment.INVOKER_SERVICE_ACCOUNT: "inv@p"})
