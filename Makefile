@@ -19,7 +19,8 @@ test: lint typecheck unit
 # uv installs the stack in seconds; plain pip is the fallback when uv cannot be had. Bytecode is
 # compiled at install, as the container does at build, so local starts are as fast as deployed ones.
 $(INSTALLED): requirements.txt requirements-dev.txt handler/requirements.txt emulator/requirements.txt \
-              producer/requirements.txt
+              producer/requirements.txt core/pyproject.toml framework/pyproject.toml producer/pyproject.toml \
+              emulator/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@{ $(BIN)/python -m pip install -q uv==$(UV_VERSION) && \
 	   $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements-dev.txt; } || \
@@ -40,7 +41,7 @@ $(POLICY_VENV)/.installed: policy/requirements.txt $(INSTALLED)
 policy-venv: $(POLICY_VENV)/.installed
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check infra handler emulator producer local policy tests bench
+	$(BIN)/ruff check infra core framework handler emulator producer local policy tests bench
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
@@ -55,8 +56,11 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 chromium:
 	@$(CHROMIUM_INSTALL)
 
+# Two pytest workers (pytest-xdist), one per core here; PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
+
 unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.package-lock.json $(POLICY_VENV)/.installed chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 # Benchmarks compare with the peers their issues name; the handler runs from an environment holding
 # only handler/requirements.txt, as in its image.
@@ -120,7 +124,7 @@ local-status: $(INSTALLED)
 # After a deploy: a smoke task through the stack's queue, waited for until the handler has processed it.
 verify: $(INSTALLED)
 	@test -n "$(STACK)" || { echo "usage: make verify STACK=dev (a deployed Pulumi stack)"; exit 2; }
-	$(BIN)/python -m producer.verify --stack $(STACK)
+	$(BIN)/python -m tasklane.producer.verify --stack $(STACK)
 
 clean:
 	rm -rf $(VENV) $(HANDLER_VENV) $(PEER_EMULATOR_VENV) $(POLICY_VENV) .pytest_cache .mypy_cache .ruff_cache

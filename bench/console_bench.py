@@ -27,10 +27,10 @@ from google.cloud.tasks_v2.types import queue as queue_types  # noqa: E402
 from google.cloud.tasks_v2.types import task as task_types  # noqa: E402
 
 from bench.common import write_results  # noqa: E402
-from emulator.console import ConsoleConfig  # noqa: E402
-from emulator.dead_letters import CombinedLetters, HandlerLogLetters  # noqa: E402
-from emulator.dispatcher import AttemptRecord  # noqa: E402
-from emulator.server import EmulatorConfig, EmulatorServer  # noqa: E402
+from tasklane.emulator.console import ConsoleConfig  # noqa: E402
+from tasklane.emulator.dead_letters import CombinedLetters, HandlerLogLetters  # noqa: E402
+from tasklane.emulator.dispatcher import AttemptRecord  # noqa: E402
+from tasklane.emulator.server import EmulatorConfig, EmulatorServer  # noqa: E402
 
 PARENT = "projects/tasklane-bench/locations/us-central1"
 QUEUE = f"{PARENT}/queues/big"

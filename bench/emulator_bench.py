@@ -93,8 +93,8 @@ def wait_count(target: str, count: int, timeout: float = 300) -> dict[str, Any]:
 
 def start_emulator(kind: str, port: int, peer_python: str, queue: str, *extra: str) -> Process:
     if kind == "tasklane":
-        return Process([sys.executable, "-m", "emulator", "--grpc-port", str(port), "--http-port", str(free_port()),
-                        "--log-level", "WARNING", *extra], port)
+        return Process([sys.executable, "-m", "tasklane.emulator", "--grpc-port", str(port),
+                        "--http-port", str(free_port()), "--log-level", "WARNING", *extra], port)
     return Process([peer_python, "-m", "gcloud_tasks_emulator", "start", "-p", str(port), "-q", "-d", queue], port)
 
 

@@ -34,11 +34,11 @@ MIB = 1024 * 1024
 
 
 class Emulator:
-    """`python -m emulator` run from `source` (a directory holding an emulator/ package)."""
+    """`python -m tasklane.emulator` run from `source` (a directory holding an emulator/ package)."""
 
     def __init__(self, source: Path, *args: str) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "emulator", "--grpc-port", str(self.port),
+        self.process = subprocess.Popen([sys.executable, "-m", "tasklane.emulator", "--grpc-port", str(self.port),
                                          "--http-port", str(free_port()), "--log-level", "WARNING", *args],
                                         cwd=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)

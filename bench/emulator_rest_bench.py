@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     grpc_port, http_port = free_port(), free_port()
-    emulator = Process([sys.executable, "-m", "emulator", "--grpc-port", str(grpc_port), "--http-port",
+    emulator = Process([sys.executable, "-m", "tasklane.emulator", "--grpc-port", str(grpc_port), "--http-port",
                         str(http_port), "--log-level", "WARNING", "--queue", QUEUE], http_port)
     try:
         clients = {transport: make_client(transport, grpc_port, http_port) for transport in TRANSPORTS}

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import free_port, wait_for_port, write_results  # noqa: E402
-from producer import ProducerConfig, TaskProducer, TaskSpec  # noqa: E402
+from tasklane.producer import ProducerConfig, TaskProducer, TaskSpec  # noqa: E402
 
 PARENT = "projects/bench/locations/us-central1"
 QUEUE = f"{PARENT}/queues/producer"
@@ -34,7 +34,7 @@ QUEUE = f"{PARENT}/queues/producer"
 
 def run_case(latency: float, tasks: int, sequential_tasks: int, concurrency: int) -> dict[str, float]:
     port = free_port()
-    command = [sys.executable, "-m", "emulator", "--grpc-port", str(port), "--http-port", str(free_port()),
+    command = [sys.executable, "-m", "tasklane.emulator", "--grpc-port", str(port), "--http-port", str(free_port()),
                "--log-level", "WARNING"]
     if latency:
         command += ["--latency", f"CreateTask={latency}"]

@@ -15,11 +15,11 @@ from types import FrameType
 
 import uvicorn
 
-from handler import environment
-from handler.app import create_app
-from handler.config import ConfigError, HandlerConfig
-from handler.logs import logging_config
-from handler.server import protocol_with_deadlines
+from handler.service import create_service_app
+from tasklane.core import environment
+from tasklane.core.logs import logging_config
+from tasklane.handler.config import ConfigError, HandlerConfig
+from tasklane.handler.server import protocol_with_deadlines
 
 # Cloud Run sends SIGTERM and allows 10 s before SIGKILL: stop accepting, finish in-flight requests.
 GRACEFUL_SHUTDOWN_SECONDS = 8
@@ -40,7 +40,7 @@ def main() -> None:
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler installed before it started.
     # A drained shutdown is a clean one, so that handler exits 0 (as it does if SIGTERM comes first).
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(create_app(config), host=host, port=port, loop="uvloop",
+    uvicorn.run(create_service_app(config), host=host, port=port, loop="uvloop",
                 http=protocol_with_deadlines(config.request_read_timeout_seconds),
                 timeout_keep_alive=config.idle_timeout_seconds,  # type: ignore[arg-type] # uvicorn takes floats
                 log_config=logging_config(), access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)

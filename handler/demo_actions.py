@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from handler.actions import ActionLog, ActionRegistry, RetryableError
-from handler.orders import OrderRequest
-from handler.task_context import TaskContext
+from tasklane.core.task_context import TaskContext
+from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
+from tasklane.handler.orders import OrderRequest
 
 demo_actions = ActionRegistry()
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
-from handler import firestore_names
 from infra.identities import RUNTIME_DATABASE_ROLES
 from infra.settings import PipelineSettings
+from tasklane.core import firestore_names
 
 
 def database_condition(settings: PipelineSettings) -> gcp.projects.IAMMemberConditionArgs:

@@ -1,4 +1,4 @@
-"""The handler's container image: an Artifact Registry repository and the image built from handler/."""
+"""The handler's container image: an Artifact Registry repository and the image handler/Dockerfile builds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import pulumi_gcp as gcp
 
 from infra.settings import PipelineSettings
 
-HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
+# The image is built from the repository's root, so it can install the handler framework (framework/, core/) from
+# the same checkout; the root's .dockerignore sends only those and handler/.
+BUILD_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = Path("handler") / "Dockerfile"
 
 # Artifact Registry's username for logging in with an OAuth access token.
 ACCESS_TOKEN_USERNAME = "oauth2accesstoken"
@@ -48,8 +51,8 @@ def create_repository(name: str, settings: PipelineSettings, opts: pulumi.Resour
 
 
 def build_handler_image(name: str, settings: PipelineSettings, repository: gcp.artifactregistry.Repository,
-                        opts: pulumi.ResourceOptions, context_dir: Path = HANDLER_DIR) -> docker_build.Image:
-    """Build handler/ for linux/amd64 and push it; the image's `ref` output carries the @sha256 digest.
+                        opts: pulumi.ResourceOptions, build_root: Path = BUILD_ROOT) -> docker_build.Image:
+    """Build handler/Dockerfile for linux/amd64 and push it; the image's `ref` output carries the @sha256 digest.
 
     The registry login is explicit (an access token from the deployer's Google credentials), so nothing
     depends on ~/.docker/config.json. The context path is relative to the working directory so the
@@ -60,7 +63,8 @@ def build_handler_image(name: str, settings: PipelineSettings, repository: gcp.a
     tag = pulumi.Output.concat(registry_host, "/", settings.project, "/", repository.repository_id, "/handler:latest")
     return docker_build.Image(
         f"{name}-handler-image",
-        context=docker_build.BuildContextArgs(location=os.path.relpath(context_dir)),
+        context=docker_build.BuildContextArgs(location=os.path.relpath(build_root)),
+        dockerfile=docker_build.DockerfileArgs(location=os.path.relpath(build_root / DOCKERFILE)),
         platforms=[docker_build.Platform.LINUX_AMD64],
         push=True,
         tags=[tag],

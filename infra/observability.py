@@ -19,8 +19,8 @@ from typing import Any
 import pulumi
 import pulumi_gcp as gcp
 
-from handler.dead_letter import DEAD_LETTER_FIELD
 from infra.settings import PipelineSettings
+from tasklane.core.dead_letter import DEAD_LETTER_FIELD
 
 TASKS_METRICS = "cloudtasks.googleapis.com/queue"
 RUN_METRICS = "run.googleapis.com"
@@ -230,7 +230,7 @@ def create_alerts(name: str, settings: PipelineSettings, queue: gcp.cloudtasks.Q
     docs = {
         "dead-letter": (
             f"A task of **{settings.name}** was dead-lettered: it can never succeed, or its final attempt failed. "
-            "First: list it (`python -m producer dead-letters list --stack STACK`), read its reason and body "
+            "First: list it (`tasklane dead-letters list --stack STACK`), read its reason and body "
             "(`show ID`); fix the cause, then `replay ID`. The dashboard's *Dead letters by reason* shows whether "
             "it is one task or many."),
         "gave-up": (

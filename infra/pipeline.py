@@ -18,7 +18,7 @@ from infra.access import grant_access
 from infra.apis import enable_apis
 from infra.firestore import create_database
 from infra.identities import create_identities
-from infra.image import HANDLER_DIR, build_handler_image, create_repository
+from infra.image import BUILD_ROOT, build_handler_image, create_repository
 from infra.observability import create_alerts, create_dashboard, create_log_metrics
 from infra.queue import create_queue, queue_path
 from infra.service import create_service, default_task_audience
@@ -38,7 +38,7 @@ class TaskPipeline(pulumi.ComponentResource):
     dashboard_url: pulumi.Output[str]
 
     def __init__(self, name: str, settings: PipelineSettings, opts: pulumi.ResourceOptions | None = None,
-                 handler_dir: Path = HANDLER_DIR) -> None:
+                 build_root: Path = BUILD_ROOT) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
         apis = enable_apis(name, settings.project, parent=self)
         # Enabling an API is eventually consistent: everything else waits for all of them.
@@ -46,7 +46,7 @@ class TaskPipeline(pulumi.ComponentResource):
 
         identities = create_identities(name, settings, child)
         repository = create_repository(name, settings, child)
-        image = build_handler_image(name, settings, repository, child, context_dir=handler_dir)
+        image = build_handler_image(name, settings, repository, child, build_root=build_root)
         queue = create_queue(name, settings, child)
         database = create_database(name, settings, identities.runtime.member, child)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
-from handler import environment as handler_env
 from infra.settings import PipelineSettings, format_duration
+from tasklane.core import environment as handler_env
 
 CONTAINER_PORT = 8080
 

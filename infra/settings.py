@@ -18,8 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from handler.config import TokenCheck
 from infra import limits
+from tasklane.handler.config import TokenCheck
 
 if TYPE_CHECKING:
     pass
@@ -217,7 +217,7 @@ class PipelineSettings:
     def retry_window_seconds(self) -> float:
         """The least time from a task's first attempt to Cloud Tasks giving it up, if every attempt fails at
         once: both limits must be spent, so it is the longer of the backoffs' sum and maxRetryDuration."""
-        from emulator.retry import RetryPolicy  # the one implementation of Cloud Tasks' backoff formula
+        from tasklane.emulator.retry import RetryPolicy  # the one implementation of Cloud Tasks' backoff formula
 
         if self.max_attempts == limits.UNLIMITED_ATTEMPTS:
             return math.inf

@@ -86,7 +86,7 @@ class Child:
 
 def start_emulator(args: argparse.Namespace, state_dir: Path,
                    final_failures: dict[str, str] | None = None) -> tuple[Child, str]:
-    command = [sys.executable, "-m", "emulator", "--host", args.host, "--grpc-port", str(args.grpc_port),
+    command = [sys.executable, "-m", "tasklane.emulator", "--host", args.host, "--grpc-port", str(args.grpc_port),
                "--http-port", str(args.emulator_http_port), "--pulumi-stack", args.stack,
                "--state-file", str(state_dir / "emulator.sqlite"), "--log-level", "WARNING",
                "--task-operations-log", str(state_dir / "task-operations.jsonl"),
@@ -256,9 +256,9 @@ def local_smoke_task(queue_path: str, service_url: str, invoker: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO))
-    from emulator.server import gcloud_environment
     from infra.settings import settings_from_stack_files
-    from producer import ProducerConfig, TaskProducer
+    from tasklane.emulator.server import gcloud_environment
+    from tasklane.producer import ProducerConfig, TaskProducer
 
     settings = settings_from_stack_files(args.stack, REPO)
     for port in (args.grpc_port, args.emulator_http_port, args.handler_port):
@@ -323,8 +323,8 @@ Ready for your own producers. In another shell:
   export TASKLANE_INVOKER_SERVICE_ACCOUNT={invoker}
   export TASKLANE_TASK_AUDIENCE={service_url}
 {exports(stores)}  export TASKLANE_EMULATOR_HTTP_URL={emulator_url}
-  .venv/bin/python -m producer enqueue update_inventory --payload '{{"orderId": "my-1"}}'
-  .venv/bin/python -m producer dead-letters list
+  .venv/bin/tasklane enqueue update_inventory --payload '{{"orderId": "my-1"}}'
+  .venv/bin/tasklane dead-letters list
 gcloud talks to the same queue over the emulator's REST API:
 {gcloud_exports}
   {local_smoke_task(queue_path, service_url, invoker)}
@@ -348,13 +348,13 @@ def exports(environment: dict[str, str]) -> str:
 
 
 def producer_cli(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producer", *args], cwd=REPO, env={**os.environ, **environment},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tasklane.producer", *args], cwd=REPO,
+                          env={**os.environ, **environment}, capture_output=True, text=True, timeout=60)
 
 
 def show_dead_letters(environment: dict[str, str], poison_task: str, emulator_url: str) -> bool:
     """List the dead letters with the operators' CLI, replay the poison sample's, and show the replay's answer."""
-    print("▶ dead letters, as an operator sees them:\n  $ python -m producer dead-letters list", flush=True)
+    print("▶ dead letters, as an operator sees them:\n  $ tasklane dead-letters list", flush=True)
     listed = producer_cli(environment, "dead-letters", "list", "--json")
     if listed.returncode != 0:
         print(f"  {listed.stderr.strip()}", flush=True)
@@ -366,7 +366,7 @@ def show_dead_letters(environment: dict[str, str], poison_task: str, emulator_ur
     if letter is None:
         print("  the poison sample's letter is missing", flush=True)
         return False
-    print(f"  $ python -m producer dead-letters replay {letter['id']}", flush=True)
+    print(f"  $ tasklane dead-letters replay {letter['id']}", flush=True)
     replayed = producer_cli(environment, "dead-letters", "replay", letter["id"])
     print(f"  {(replayed.stdout or replayed.stderr).strip()}", flush=True)
     if replayed.returncode != 0:

@@ -13,7 +13,7 @@ import pytest
 
 from local.google_emulators import FIRESTORE, PUBSUB, EmulatorKind, GoogleEmulator, why_unavailable
 
-pytest_plugins = ["emulator.testing"]
+# The emulator's fixtures come from its pytest plugin (tasklane-emulator's `pytest11` entry point), as for any user.
 
 
 def running_emulator(kind: EmulatorKind) -> Iterator[GoogleEmulator]:

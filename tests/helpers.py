@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from emulator.server import gcloud_environment
+from tasklane.emulator.server import gcloud_environment
 
 
 def free_port() -> int:

@@ -20,19 +20,19 @@ from typing import Any
 import pytest
 import uvicorn
 
-from emulator.clock import ManualClock
-from emulator.server import EmulatorConfig, EmulatorServer
-from emulator.testing import start_emulator
-from handler.actions import ActionLog, ActionRegistry, RetryableError
-from handler.app import create_app
-from handler.auth import TokenVerifier
-from handler.config import HandlerConfig, TokenCheck
-from handler.dead_letter import LogDeadLetterSink
-from handler.logs import StructuredLog
 from handler.order_actions import actions as order_actions
-from handler.orders import OrderRequest
-from handler.task_context import TaskContext
-from producer import ProducerConfig, TaskProducer
+from tasklane.core.dead_letter import LogDeadLetterSink
+from tasklane.core.logs import StructuredLog
+from tasklane.core.task_context import TaskContext
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.server import EmulatorConfig, EmulatorServer
+from tasklane.emulator.testing import start_emulator
+from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
+from tasklane.handler.app import create_app
+from tasklane.handler.auth import TokenVerifier
+from tasklane.handler.config import HandlerConfig, TokenCheck
+from tasklane.handler.orders import OrderRequest
+from tasklane.producer import ProducerConfig, TaskProducer
 from tests.helpers import free_port, wait_for
 
 __all__ = ["free_port", "wait_for"]

@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
-from emulator.server import EmulatorConfig, EmulatorServer
-from emulator.testing import start_emulator
 from local.google_emulators import GoogleEmulator
-from producer import ProducerConfig, TaskProducer
-from producer.__main__ import main as producer_main
-from producer.producer import TaskSpec
+from tasklane.emulator.server import EmulatorConfig, EmulatorServer
+from tasklane.emulator.testing import start_emulator
+from tasklane.producer import ProducerConfig, TaskProducer
+from tasklane.producer.__main__ import main as producer_main
+from tasklane.producer.producer import TaskSpec
 from tests.e2e.conftest import emulator_client
 from tests.helpers import free_port, wait_for
 
@@ -162,7 +162,7 @@ class Ran:
 
 def cli(cluster: Cluster, outputs: Path, *args: str, capsys: pytest.CaptureFixture[str] | None = None,
         monkeypatch: pytest.MonkeyPatch | None = None) -> Ran:
-    """`python -m producer --outputs FILE dead-letters ARGS`: in this process when given capsys (quick), else
+    """`python -m tasklane.producer --outputs FILE dead-letters ARGS`: in this process when given capsys (quick), else
     as a child process."""
     command = ["--outputs", str(outputs), "dead-letters", *args]
     env = {"CLOUD_TASKS_EMULATOR_HOST": cluster.emulator.grpc_target, **cluster.firestore.environment()}
@@ -176,7 +176,7 @@ def cli(cluster: Cluster, outputs: Path, *args: str, capsys: pytest.CaptureFixtu
             status = int(exit_.code or 0)
         captured = capsys.readouterr()
         return Ran(status, captured.out, captured.err)
-    done = subprocess.run([sys.executable, "-m", "producer", *command], cwd=REPO, env={**os.environ, **env},
+    done = subprocess.run([sys.executable, "-m", "tasklane.producer", *command], cwd=REPO, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=60)
     return Ran(done.returncode, done.stdout, done.stderr)
 

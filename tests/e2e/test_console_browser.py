@@ -90,7 +90,7 @@ def pipeline(tmp_path: Path) -> Iterator[LocalPipeline]:
 def test_a_user_walks_the_console_through_the_local_pipeline(pipeline: LocalPipeline, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from producer import ProducerConfig, TaskProducer
+    from tasklane.producer import ProducerConfig, TaskProducer
 
     first_line = pipeline.output[0]
     assert first_line.startswith(f"▶ Console: {pipeline.console}/"), "make local prints the console first"

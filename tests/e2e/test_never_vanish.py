@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from producer import TaskSpec
+from tasklane.producer import TaskSpec
 from tests.e2e.conftest import MAX_ATTEMPTS, QUEUE, Pipeline, emulator_client, wait_for
 
 HOSTILE_BODIES = {

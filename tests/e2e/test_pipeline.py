@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from producer import TaskSpec
+from tasklane.producer import TaskSpec
 from tests.e2e.conftest import Pipeline, free_port, wait_for
 
 

@@ -53,7 +53,7 @@ def test_without_spans_the_log_entries_still_join_the_producers_trace(make_pipel
 def test_a_task_created_inside_an_application_span_joins_that_trace() -> None:
     from opentelemetry import trace
 
-    from producer.tracing import current_traceparent
+    from tasklane.producer.tracing import current_traceparent
 
     tracer = TracerProvider().get_tracer("app")
     with tracer.start_as_current_span("checkout") as span:
@@ -68,9 +68,9 @@ def test_a_task_created_inside_an_application_span_joins_that_trace() -> None:
 def test_make_locals_exporter_writes_one_log_line_per_span() -> None:
     import json
 
-    from handler.config import TraceExporter
-    from handler.logs import StructuredLog
-    from handler.tracing import tracer_provider
+    from tasklane.core.logs import StructuredLog
+    from tasklane.handler.config import TraceExporter
+    from tasklane.handler.tracing import tracer_provider
 
     lines: list[bytes] = []
     provider = tracer_provider(TraceExporter.LOG, StructuredLog(writer=lines.append))

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from handler.delivery_check import VERIFIED_EVENT
-from producer.verify import CloudLoggingEvidence, DeliveryCheck, VerificationFailed
+from tasklane.handler.delivery_check import VERIFIED_EVENT
+from tasklane.producer.verify import CloudLoggingEvidence, DeliveryCheck, VerificationFailed
 from tests.e2e.conftest import Pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def test_cloud_logging_is_asked_for_this_runs_entry_only() -> None:
 def run_verify(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "producer.verify", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tasklane.producer.verify", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env={**os.environ, **env})
 
 

@@ -17,9 +17,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
-from emulator.clock import ManualClock
-from emulator.server import EmulatorConfig, EmulatorServer
-from emulator.testing import start_emulator
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.server import EmulatorConfig, EmulatorServer
+from tasklane.emulator.testing import start_emulator
 from tests.helpers import wait_for
 
 __all__ = ["wait_for"]

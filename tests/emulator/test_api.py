@@ -17,8 +17,8 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpc
 from google.iam.v1 import iam_policy_pb2
 from google.protobuf import field_mask_pb2
 
-from emulator.clock import ManualClock
-from emulator.server import EmulatorServer
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.server import EmulatorServer
 from tests.emulator.conftest import PARENT, make_queue
 
 TARGET = "http://127.0.0.1:9/never-called"

@@ -33,8 +33,8 @@ from google.protobuf import (
     timestamp_pb2,
 )
 
-from emulator.server import EmulatorServer
-from emulator.testing import start_emulator
+from tasklane.emulator.server import EmulatorServer
+from tasklane.emulator.testing import start_emulator
 from tests.emulator.conftest import PARENT, client_for, rest_client_for
 
 RECORDINGS = Path(__file__).resolve().parent / "recordings"

@@ -12,10 +12,10 @@ from typing import Any
 
 from google.cloud import tasks_v2
 
-from emulator.clock import ManualClock
-from emulator.console import ConsoleConfig
-from emulator.dead_letters import CombinedLetters, DirectoryLetters, HandlerLogLetters
-from emulator.server import EmulatorServer
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.console import ConsoleConfig
+from tasklane.emulator.dead_letters import CombinedLetters, DirectoryLetters, HandlerLogLetters
+from tasklane.emulator.server import EmulatorServer
 from tests.emulator.conftest import PARENT, Target, client_for, make_queue, task_gone, wait_for
 
 INVOKER = "invoker@tasklane-test.iam.gserviceaccount.com"

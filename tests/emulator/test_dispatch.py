@@ -15,8 +15,8 @@ import pytest
 from google.cloud import tasks_v2
 from google.protobuf import timestamp_pb2
 
-from emulator.clock import ManualClock
-from emulator.server import EmulatorServer
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.server import EmulatorServer
 from tests.emulator.conftest import Target, make_queue, task_gone, wait_for
 
 
@@ -313,8 +313,8 @@ def test_oidc_tokens_verify_against_the_emulators_published_keys(
         emulator: EmulatorServer, client: tasks_v2.CloudTasksClient, target: Target, clock: ManualClock) -> None:
     import asyncio
 
-    from handler.auth import TokenVerifier
-    from handler.config import HandlerConfig, TokenCheck
+    from tasklane.handler.auth import TokenVerifier
+    from tasklane.handler.config import HandlerConfig, TokenCheck
 
     invoker = "tasklane-invoker@tasklane-test.iam.gserviceaccount.com"
     with_audience = target.answer("/aud", 200)

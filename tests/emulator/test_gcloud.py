@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from google.cloud import tasks_v2
 
-from emulator.clock import ManualClock
-from emulator.server import EmulatorConfig, EmulatorServer
-from emulator.testing import start_emulator
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.server import EmulatorConfig, EmulatorServer
+from tasklane.emulator.testing import start_emulator
 from tests.emulator.conftest import Target, client_for, wait_for
 from tests.helpers import Gcloud
 

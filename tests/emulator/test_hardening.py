@@ -29,11 +29,11 @@ from google.cloud import tasks_v2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.clock import ManualClock
-from emulator.dispatcher import RESPONSE_BYTES_KEPT
-from emulator.server import EmulatorConfig, EmulatorServer
-from emulator.store import StateFileError
-from emulator.testing import start_emulator
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.dispatcher import RESPONSE_BYTES_KEPT
+from tasklane.emulator.server import EmulatorConfig, EmulatorServer
+from tasklane.emulator.store import StateFileError
+from tasklane.emulator.testing import start_emulator
 from tests.emulator.conftest import PARENT, Target, client_for, make_queue, task_gone, wait_for
 from tests.emulator.test_process import REPO, EmulatorProcess, processes  # noqa: F401 - fixture
 
@@ -161,7 +161,7 @@ def test_a_second_emulator_on_the_same_state_file_refuses_to_start(
     state = str(tmp_path / "state.sqlite")
     first = EmulatorProcess("--state-file", state)
     processes.append(first)
-    second = subprocess.run([sys.executable, "-m", "emulator", "--grpc-port", "0", "--http-port", "0",
+    second = subprocess.run([sys.executable, "-m", "tasklane.emulator", "--grpc-port", "0", "--http-port", "0",
                              "--state-file", state], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert second.returncode != 0
     assert second.stderr.strip().splitlines() == [
@@ -189,7 +189,7 @@ def test_two_in_process_emulators_cannot_share_a_state_file(tmp_path: Path) -> N
 
 def refusal(*args: str) -> str:
     """The emulator's stderr when it refuses to start with `args`; it must exit non-zero with one line."""
-    result = subprocess.run([sys.executable, "-m", "emulator", "--grpc-port", "0", "--http-port", "0", *args],
+    result = subprocess.run([sys.executable, "-m", "tasklane.emulator", "--grpc-port", "0", "--http-port", "0", *args],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

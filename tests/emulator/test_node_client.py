@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.server import EmulatorServer
+from tasklane.emulator.server import EmulatorServer
 from tests.emulator.conftest import Target, wait_for
 
 NODE_CLIENT = Path(__file__).resolve().parent / "node_client"

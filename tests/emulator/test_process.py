@@ -21,7 +21,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
-from emulator.server import EmulatorServer
+from tasklane.emulator.server import EmulatorServer
 from tests.emulator.conftest import PARENT, Target, make_queue, task_gone, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +30,8 @@ READY = re.compile(r"export CLOUD_TASKS_EMULATOR_HOST=(\S+)")
 
 class EmulatorProcess:
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "emulator", "--grpc-port", "0", "--http-port", "0",
-                                         *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = [sys.executable, "-m", "tasklane.emulator", "--grpc-port", "0", "--http-port", "0", *args]
+        self.process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.ready_line = self._await_ready()
         match = READY.search(self.ready_line)
         assert match, self.ready_line

@@ -22,10 +22,10 @@ from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.clock import ManualClock
-from emulator.server import EmulatorConfig, EmulatorServer
-from emulator.testing import start_emulator
-from emulator.validation import MAX_TASK_BYTES, RESERVED_HEADER, Task, new_task_id, normalise_new_task
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.server import EmulatorConfig, EmulatorServer
+from tasklane.emulator.testing import start_emulator
+from tasklane.emulator.validation import MAX_TASK_BYTES, RESERVED_HEADER, Task, new_task_id, normalise_new_task
 from tests.emulator.conftest import PARENT, client_for, wait_for
 
 TARGET = "http://127.0.0.1:9/never-called"

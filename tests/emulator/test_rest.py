@@ -18,10 +18,10 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports.rest_base import _BaseCloudTasksRestTransport
 
-from emulator.clock import ManualClock
-from emulator.rpc import CloudTasksApi
-from emulator.server import EmulatorServer
-from emulator.testing import start_emulator
+from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.rpc import CloudTasksApi
+from tasklane.emulator.server import EmulatorServer
+from tasklane.emulator.testing import start_emulator
 from tests.emulator.conftest import PARENT, Target, client_for, rest_client_for, wait_for
 
 QUEUE = f"{PARENT}/queues/rest"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from emulator.task_operations_log import AttemptResponse, TaskOperationsLog, is_final_failure
 from infra.unseen_failures import final_failure_query
+from tasklane.emulator.task_operations_log import AttemptResponse, TaskOperationsLog, is_final_failure
 
 TASK = "projects/p-123456/locations/us-central1/queues/orders/tasks/t-1"
 
@@ -50,7 +50,7 @@ def test_the_final_failure_rule_is_the_log_sinks_filter() -> None:
 
 
 def test_only_queues_that_log_are_written_and_sampled_by_their_ratio(tmp_path: Path) -> None:
-    from emulator.task_operations_log import JsonLinesFile
+    from tasklane.emulator.task_operations_log import JsonLinesFile
 
     path = tmp_path / "ops.jsonl"
     file = JsonLinesFile(path)

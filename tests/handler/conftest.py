@@ -15,12 +15,13 @@ from google.auth import crypt
 from google.auth import jwt as google_jwt
 from starlette.testclient import TestClient
 
-from handler.actions import ActionRegistry
-from handler.app import create_app
-from handler.auth import TokenVerifier
-from handler.config import HandlerConfig, TokenCheck
-from handler.dead_letter import DeadLetter
-from handler.logs import StructuredLog
+from handler.service import service_actions
+from tasklane.core.dead_letter import DeadLetter
+from tasklane.core.logs import StructuredLog
+from tasklane.handler.actions import ActionRegistry
+from tasklane.handler.app import create_app
+from tasklane.handler.auth import TokenVerifier
+from tasklane.handler.config import HandlerConfig, TokenCheck
 
 QUEUE_PATH = "projects/tasklane-test/locations/us-central1/queues/orders"
 INVOKER = "tasklane-invoker@tasklane-test.iam.gserviceaccount.com"
@@ -89,9 +90,8 @@ def build_handler() -> Callable[..., HandlerUnderTest]:
         sink = sink or RecordingSink()
         kwargs: dict[str, Any] = {"log": StructuredLog(project_id="tasklane-test", writer=log.write),
                                   "dead_letters": sink}
-        if actions is not None:
-            kwargs["actions"] = actions
         handler_config = make_config(**config)
+        kwargs["actions"] = actions if actions is not None else service_actions(handler_config)
         if fetch_keys is not None:
             kwargs["verifier"] = TokenVerifier(handler_config, fetch=fetch_keys)
         app = create_app(handler_config, **kwargs)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handler.config import TokenCheck
+from tasklane.handler.config import TokenCheck
 from tests.handler.conftest import (
     AUDIENCE,
     INVOKER,

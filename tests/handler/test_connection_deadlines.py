@@ -22,14 +22,14 @@ import httpx2
 import pytest
 import uvicorn
 
-from handler import environment
-from handler.actions import ActionLog, ActionRegistry
-from handler.app import create_app
-from handler.config import ConfigError, HandlerConfig
-from handler.logs import StructuredLog
-from handler.orders import OrderRequest
-from handler.server import protocol_with_deadlines
-from handler.task_context import TaskContext
+from tasklane.core import environment
+from tasklane.core.logs import StructuredLog
+from tasklane.core.task_context import TaskContext
+from tasklane.handler.actions import ActionLog, ActionRegistry
+from tasklane.handler.app import create_app
+from tasklane.handler.config import ConfigError, HandlerConfig
+from tasklane.handler.orders import OrderRequest
+from tasklane.handler.server import protocol_with_deadlines
 from tests.handler.conftest import RecordedLog, RecordingSink, make_config
 from tests.helpers import free_port, wait_for
 

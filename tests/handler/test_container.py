@@ -48,10 +48,15 @@ def test_image_is_a_slim_python_of_the_tested_version_running_as_non_root() -> N
     assert any("handler/requirements.txt" in run for run in instruction("RUN"))
 
 
-def test_dockerignore_sends_only_code_and_requirements() -> None:
-    rules = [line for line in (REPO / "handler" / ".dockerignore").read_text().splitlines()
+def test_dockerignore_sends_only_the_framework_and_the_service() -> None:
+    """The image is built from the repository's root: only core/, framework/ and handler/ code is sent."""
+    rules = [line for line in (REPO / ".dockerignore").read_text().splitlines()
              if line and not line.startswith("#")]
     assert rules[0] == "**", "everything is excluded unless listed"
+    sent = {rule[1:].split("/")[0] for rule in rules if rule.startswith("!")}
+    assert sent == {"core", "framework", "handler"}
+    copied = {argument.split()[0].split("/")[0] for argument in instruction("COPY")}
+    assert copied <= sent, "the Dockerfile copies only what the context sends"
 
 
 @pytest.fixture

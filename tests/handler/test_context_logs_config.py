@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from handler import environment
-from handler.config import GOOGLE_CERTS_URL, GOOGLE_ISSUERS, ConfigError, HandlerConfig, TokenCheck
-from handler.logs import CloudLoggingFormatter, StructuredLog, trace_fields
-from handler.task_context import TaskContext
+from tasklane.core import environment
+from tasklane.core.logs import CloudLoggingFormatter, StructuredLog, trace_fields
+from tasklane.core.task_context import TaskContext
+from tasklane.handler.config import GOOGLE_CERTS_URL, GOOGLE_ISSUERS, ConfigError, HandlerConfig, TokenCheck
 from tests.handler.conftest import RecordedLog, task_headers
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handler.config import TokenCheck
+from tasklane.handler.config import TokenCheck
 from tests.handler.conftest import HandlerUnderTest
 
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from handler.app import create_app
-from handler.auth import MAX_KEYS_BYTES, TokenVerifier
-from handler.config import TokenCheck
-from handler.logs import StructuredLog
+from handler.service import create_service_app
+from tasklane.core.logs import StructuredLog
+from tasklane.handler.auth import MAX_KEYS_BYTES, TokenVerifier
+from tasklane.handler.config import TokenCheck
 from tests.handler.conftest import RecordedLog, RecordingSink, SigningKey, make_config, task_headers
 
 ORDER = b'{"orderId": "o-1", "action": "update_inventory"}'
@@ -85,8 +85,9 @@ def key_server() -> Iterator[RawHttpServer]:
 def client_for(server: RawHttpServer, sink: RecordingSink | None = None) -> TestClient:
     config = dataclasses.replace(make_config(max_attempts=MAX_ATTEMPTS, token_check=TokenCheck.FULL),
                                  token_certs_url=f"http://127.0.0.1:{server.port}/certs")
-    app = create_app(config, dead_letters=sink or RecordingSink(), log=StructuredLog(writer=RecordedLog().write),
-                     verifier=TokenVerifier(config, refetch_interval=0))
+    app = create_service_app(config, dead_letters=sink or RecordingSink(),
+                             log=StructuredLog(writer=RecordedLog().write),
+                             verifier=TokenVerifier(config, refetch_interval=0))
     return TestClient(app, raise_server_exceptions=False)
 
 

@@ -18,14 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handler import app as app_module
-from handler.actions import ActionLog, ActionRegistry, RetryableError
-from handler.app import create_app
-from handler.config import MAX_BODY_BYTES
-from handler.idempotency import Claim
-from handler.logs import StructuredLog
-from handler.orders import OrderRequest, decode_order
-from handler.task_context import TaskContext
+from tasklane.core.logs import StructuredLog
+from tasklane.core.task_context import TaskContext
+from tasklane.handler import app as app_module
+from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
+from tasklane.handler.app import create_app
+from tasklane.handler.config import MAX_BODY_BYTES
+from tasklane.handler.idempotency import Claim
+from tasklane.handler.orders import OrderRequest, decode_order
 from tests.handler.conftest import HandlerUnderTest, RecordedLog, RecordingSink, make_config, task_headers
 
 MAX_ATTEMPTS = 3

@@ -15,12 +15,12 @@ from typing import Any
 import httpx2
 import pytest
 
-from handler.actions import ActionLog, ActionRegistry, RetryableError
-from handler.app import create_app
-from handler.config import MAX_BODY_BYTES
-from handler.logs import StructuredLog
-from handler.orders import OrderRequest
-from handler.task_context import TaskContext
+from tasklane.core.logs import StructuredLog
+from tasklane.core.task_context import TaskContext
+from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
+from tasklane.handler.app import create_app
+from tasklane.handler.config import MAX_BODY_BYTES
+from tasklane.handler.orders import OrderRequest
 from tests.handler.conftest import HandlerUnderTest, RecordedLog, RecordingSink, make_config, task_headers
 
 VALID = {"orderId": "order-42", "action": "update_inventory"}
@@ -267,7 +267,7 @@ def test_a_rejected_task_delivered_twice_is_dead_lettered_once(handler: HandlerU
 
 
 def test_the_default_sink_logs_the_whole_task_and_splits_large_bodies() -> None:
-    from handler.dead_letter import LOG_BODY_CHUNK_BYTES, DeadLetter, LogDeadLetterSink
+    from tasklane.core.dead_letter import LOG_BODY_CHUNK_BYTES, DeadLetter, LogDeadLetterSink
 
     log = RecordedLog()
     body = bytes(range(256)) * (LOG_BODY_CHUNK_BYTES // 256 * 2 + 3)

@@ -17,14 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from emulator.task_operations_log import AttemptResponse, is_final_failure
-from handler.app import create_app
-from handler.auth import TokenVerifier
-from handler.config import TokenCheck
-from handler.dead_letter import DeadLetter
-from handler.logs import StructuredLog
-from handler.task_context import TaskContext
-from handler.task_operations import give_up_of
+from handler.service import create_service_app
+from tasklane.core.dead_letter import DeadLetter
+from tasklane.core.logs import StructuredLog
+from tasklane.core.task_context import TaskContext
+from tasklane.emulator.task_operations_log import AttemptResponse, is_final_failure
+from tasklane.handler.auth import TokenVerifier
+from tasklane.handler.config import TokenCheck
+from tasklane.handler.task_operations import give_up_of
 from tests.handler.conftest import AUDIENCE, HandlerUnderTest, RecordingSink, SigningKey, make_config
 
 TASK = "projects/tasklane-test/locations/us-central1/queues/orders/tasks/t-42"
@@ -89,7 +89,7 @@ def test_pushes_are_checked_as_the_push_account_when_tokens_are_checked(
     config = dataclasses.replace(make_config(token_check=TokenCheck.CLAIMS), push_service_account=PUSH,
                                  push_token_check=TokenCheck.CLAIMS)
     sink = RecordingSink()
-    app = create_app(config, log=StructuredLog(writer=lambda data: None), dead_letters=sink)
+    app = create_service_app(config, log=StructuredLog(writer=lambda data: None), dead_letters=sink)
     client = TestClient(app)
     body = push(record())
     assert client.post("/task-operations", json=body).status_code == 401
@@ -106,7 +106,8 @@ def test_pushes_are_checked_as_the_push_account_when_tokens_are_checked(
 
 def test_without_a_push_account_every_push_is_refused() -> None:
     config = dataclasses.replace(make_config(token_check=TokenCheck.CLAIMS), push_token_check=TokenCheck.CLAIMS)
-    client = TestClient(create_app(config, log=StructuredLog(writer=lambda data: None), dead_letters=RecordingSink()))
+    client = TestClient(create_service_app(config, log=StructuredLog(writer=lambda data: None),
+                                           dead_letters=RecordingSink()))
     assert client.post("/task-operations", json=push(record())).status_code == 403
 
 

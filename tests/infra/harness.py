@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -92,14 +93,34 @@ def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> dict[st
     return config
 
 
+def _matches(relative: str, rule: str) -> bool:
+    """Docker's .dockerignore matching, as far as ours needs it: `**` spans any number of folders, none included."""
+    return any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative, pattern + "/*")
+               for pattern in (rule, rule.replace("/**/", "/"), rule.removeprefix("**/")))
+
+
+def _sent_to_the_builder(root: Path) -> list[Path]:
+    """The files of the build context its .dockerignore lets through (an allow-list: `**`, then `!pattern`s)."""
+    rules = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    allowed = [rule[1:] for rule in rules if rule.startswith("!")]
+    excluded = [rule for rule in rules if not rule.startswith("!") and rule != "**"]
+    sent = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if (path.is_file() and any(_matches(relative, rule) for rule in allowed)
+                and not any(_matches(relative, rule) for rule in excluded)):
+            sent.append(path)
+    return sent
+
+
 def _digest_of_directory(location: str) -> str:
-    """A content hash standing in for the registry digest: the same files give the same digest."""
+    """A content hash standing in for the registry digest: the same files sent give the same digest."""
     digest = hashlib.sha256()
     root = (PROGRAM_DIR / location).resolve()
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
+    for path in _sent_to_the_builder(root):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from handler.dead_letter import DeadLetter, LogDeadLetterSink
-from handler.logs import StructuredLog
-from handler.task_context import TaskContext
 from infra.observability import METRIC_TYPES
+from tasklane.core.dead_letter import DeadLetter, LogDeadLetterSink
+from tasklane.core.logs import StructuredLog
+from tasklane.core.task_context import TaskContext
 from tests.infra.harness import StackSnapshot, build_stack, stack_file_config, stack_names
 
 METRIC = "gcp:logging/metric:Metric"

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from handler import environment as handler_env
 from infra.apis import REQUIRED_APIS
 from infra.identities import PROJECT_LEVEL_ROLES, RUNTIME_PROJECT_ROLES
 from infra.settings import SettingsError, parse_duration
+from tasklane.core import environment as handler_env
 from tests.infra.harness import (
     MOCK_ACCESS_TOKEN,
     PROJECT_NUMBER,
@@ -137,12 +137,13 @@ def test_registry_keeps_the_newest_images_and_deletes_the_rest(stack: str) -> No
 
 
 @stacks
-def test_handler_image_is_built_from_handler_for_amd64_with_explicit_registry_login(stack: str) -> None:
+def test_handler_image_is_built_from_the_repository_root_for_amd64_with_explicit_registry_login(stack: str) -> None:
     snap = snapshot(stack)
     image = snap.one(IMAGE).inputs
     region = stack_file_config(stack)["gcp:region"]
     # Relative to infra/, where the Pulumi CLI runs the program (Pulumi.yaml `main`).
-    assert image["context"]["location"] == "../handler"
+    assert image["context"]["location"] == ".."
+    assert image["dockerfile"]["location"] == "../handler/Dockerfile"
     assert image["platforms"] == ["linux/amd64"]
     assert image["push"] is True
     assert image["tags"][0].startswith(f"{region}-docker.pkg.dev/{stack_file_config(stack)['gcp:project']}/")
@@ -170,21 +171,32 @@ def test_a_handler_change_rolls_one_new_revision_and_no_change_rolls_none(tmp_pa
     from infra.settings import load_settings
     from tests.infra.harness import REPO
 
-    def main_with_handler(handler_dir: Any) -> Any:
-        return lambda: TaskPipeline("p", load_settings(), handler_dir=handler_dir)
+    def main_with_root(build_root: Any) -> Any:
+        return lambda: TaskPipeline("p", load_settings(), build_root=build_root)
 
-    copy = tmp_path / "handler"
-    shutil.copytree(REPO / "handler", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    first = build_stack("dev", main=main_with_handler(copy)).one(SERVICE).inputs
-    again = build_stack("dev", main=main_with_handler(copy)).one(SERVICE).inputs
+    copy = tmp_path / "checkout"
+    for folder in ("core", "framework", "handler", "tests"):
+        shutil.copytree(REPO / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+    shutil.copy(REPO / ".dockerignore", copy / ".dockerignore")
+    first = build_stack("dev", main=main_with_root(copy)).one(SERVICE).inputs
+    again = build_stack("dev", main=main_with_root(copy)).one(SERVICE).inputs
     assert again == first
 
-    (copy / "app.py").write_text((copy / "app.py").read_text() + "\n# changed\n")
-    changed = build_stack("dev", main=main_with_handler(copy)).one(SERVICE).inputs
-    first_image = first["template"]["containers"][0].pop("image")
-    changed_image = changed["template"]["containers"][0].pop("image")
-    assert changed_image != first_image
-    assert changed == first
+    # What the image does not hold (tests, notes) never rolls a revision.
+    (copy / "tests" / "conftest.py").write_text("# changed\n")
+    (copy / "NOTES.md").write_text("notes\n")
+    assert build_stack("dev", main=main_with_root(copy)).one(SERVICE).inputs == first
+
+    for changed_file in (copy / "handler" / "order_actions.py", copy / "framework" / "src" / "tasklane" / "handler" /
+                         "app.py"):
+        changed_file.write_text(changed_file.read_text() + "\n# changed\n")
+        changed = build_stack("dev", main=main_with_root(copy)).one(SERVICE).inputs
+        first_image = first["template"]["containers"][0]["image"]
+        changed_image = changed["template"]["containers"][0].pop("image")
+        assert changed_image != first_image, changed_file
+        assert changed == {**first, "template": {**first["template"], "containers": [
+            {key: value for key, value in first["template"]["containers"][0].items() if key != "image"}]}}
+        first = build_stack("dev", main=main_with_root(copy)).one(SERVICE).inputs
 
 
 # -- Identities and access ---------------------------------------------------------------------------
@@ -447,7 +459,7 @@ def test_prod_keeps_its_database_and_its_history_dev_can_be_deleted() -> None:
 
 @stacks
 def test_finished_idempotency_keys_expire_through_a_ttl_policy(stack: str) -> None:
-    from handler import firestore_names
+    from tasklane.core import firestore_names
 
     snap = snapshot(stack)
     [field] = snap.of_type(FIELD)

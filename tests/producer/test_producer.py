@@ -18,10 +18,10 @@ from google.api_core import exceptions as api_exceptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emulator.testing import RunningEmulator
-from producer import ProducerConfig, TaskProducer, TaskSpec
-from producer.config import ConfigError
-from producer.producer import MAX_BODY_BYTES, InvalidTask, ProducerError, dedup_task_id
+from tasklane.emulator.testing import RunningEmulator
+from tasklane.producer import ProducerConfig, TaskProducer, TaskSpec
+from tasklane.producer.config import ConfigError
+from tasklane.producer.producer import MAX_BODY_BYTES, InvalidTask, ProducerError, dedup_task_id
 from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,7 +245,7 @@ def cli_env(config: ProducerConfig) -> Iterator[dict[str, str]]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producer", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tasklane.producer", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -364,7 +364,7 @@ def test_the_cli_says_in_one_line_that_no_configuration_was_found(tmp_path: Path
 ])
 def test_bad_outputs_files_are_one_line_too(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
                                             message: str) -> None:
-    from producer.__main__ import main
+    from tasklane.producer.__main__ import main
 
     outputs = tmp_path / "outputs.json"
     outputs.write_text(content)
@@ -376,7 +376,7 @@ def test_bad_outputs_files_are_one_line_too(tmp_path: Path, capsys: pytest.Captu
 def test_enqueue_file_reports_bad_lines_by_their_number_and_creates_the_rest(
         producer: TaskProducer, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from producer.__main__ import main
+    from tasklane.producer.__main__ import main
 
     for name, value in cli_env.items():
         monkeypatch.setenv(name, value)
@@ -421,7 +421,7 @@ def test_the_cli_lists_every_task_in_pages_and_shows_names_bodies_and_how_a_fini
         def log_message(self, *args: Any) -> None:
             pass
 
-    from producer.__main__ import main
+    from tasklane.producer.__main__ import main
 
     def run(*args: str) -> tuple[int, str, str]:
         status = main(list(args))

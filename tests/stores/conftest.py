@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from handler.firestore_client import LazyFirestore
 from local.google_emulators import GoogleEmulator
+from tasklane.core.firestore_client import LazyFirestore
 
 TEST_DATABASE = "tasklane-test"
 

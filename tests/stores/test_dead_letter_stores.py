@@ -14,23 +14,23 @@ from typing import Any
 
 import pytest
 
-from handler.dead_letter import DeadLetter, LogDeadLetterSink
-from handler.dead_letter_store import (
+from tasklane.core.dead_letter import DeadLetter, LogDeadLetterSink
+from tasklane.core.dead_letter_store import (
     CorruptLetter,
     DeadLetterStore,
     FileDeadLetterStore,
     Replay,
     StoringSink,
 )
-from handler.firestore_dead_letters import (
+from tasklane.core.firestore_dead_letters import (
     BODY_CHUNK_BYTES,
     BODY_CHUNKS_SUBCOLLECTION,
     FirestoreDeadLetterStore,
     chunk_id,
 )
-from handler.firestore_names import DEAD_LETTER_COLLECTION
-from handler.logs import StructuredLog
-from handler.task_context import TaskContext
+from tasklane.core.firestore_names import DEAD_LETTER_COLLECTION
+from tasklane.core.logs import StructuredLog
+from tasklane.core.task_context import TaskContext
 
 T0 = datetime.datetime(2026, 5, 1, 12, 0, tzinfo=datetime.UTC)
 QUEUE = "projects/p/locations/l/queues/q"

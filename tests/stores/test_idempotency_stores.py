@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from handler.firestore_client import LazyFirestore
-from handler.firestore_idempotency import FirestoreIdempotencyStore, document_id
-from handler.firestore_names import EXPIRY_FIELD, IDEMPOTENCY_COLLECTION
-from handler.idempotency import Claim, IdempotencyStore, InProcessIdempotencyStore
+from tasklane.core.firestore_client import LazyFirestore
+from tasklane.core.firestore_names import EXPIRY_FIELD, IDEMPOTENCY_COLLECTION
+from tasklane.handler.firestore_idempotency import FirestoreIdempotencyStore, document_id
+from tasklane.handler.idempotency import Claim, IdempotencyStore, InProcessIdempotencyStore
 from tests.stores.conftest import FakeClock, fresh_firestore
 
 LEASE = 600.0

@@ -1,2 +1,0 @@
-"""A local Cloud Tasks v2: the gRPC API, dispatch with the real retry and rate semantics, OIDC tokens,
-and SQLite persistence. Start it with `python -m emulator` or `emulator.server.EmulatorServer`."""

@@ -1,0 +1,324 @@
+"""Delivering due tasks: per-queue token bucket and concurrency limit, deadlines, headers, outcomes.
+
+Sources: ../shared/reference/cloud-tasks-behaviour.md §3.4-3.5 (a token bucket at
+max_dispatches_per_second holding max_burst_size tokens, retries included; never more than
+max_concurrent_dispatches in flight), §7 (headers), §8 (OIDC token), §1.3 (redirects are not followed
+here: a 3xx is a failed attempt), §1.4 (no answer before the deadline is a failure), §10.5 (RunTask).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+
+from tasklane.emulator.clock import Clock
+from tasklane.emulator.engine import Attempt, Engine, QueueState, TaskState, rpc_code_for
+from tasklane.emulator.task_operations_log import AttemptResponse, TaskOperationsLog
+from tasklane.emulator.tokens import TokenIssuer
+from tasklane.emulator.validation import FRAMING_HEADER
+
+log = logging.getLogger("emulator.dispatch")
+
+UNREACHABLE, TIMED_OUT = 502, 504
+RESPONSE_BYTES_READ = 64 * 1024
+"""How much of a target's response body is read (the rest is not: the connection is closed); the first
+RESPONSE_BYTES_KEPT of it are kept in the attempt record."""
+RESPONSE_BYTES_KEPT = 1024
+STORAGE_RETRY_SECONDS = 0.5
+"""Real time between tries to save dispatch outcomes the state file could not take."""
+OAUTH_PLACEHOLDER_TOKEN = "ya29.tasklane-emulator-oauth-token"  # the emulator cannot mint Google access tokens
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.updated = now
+
+    def configure(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = min(self.tokens, burst)
+
+    def try_take(self, now: float) -> bool:
+        self.tokens = min(float(self.burst), self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def next_token_at(self) -> float:
+        return self.updated + (1.0 - self.tokens) / self.rate
+
+
+@dataclass
+class QueueRuntime:
+    bucket: TokenBucket
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+
+@dataclass
+class AttemptRecord:
+    """One dispatch as the inspection API shows it."""
+
+    task: str
+    queue: str
+    attempt: int
+    method: str
+    url: str
+    request_headers: dict[str, str]
+    started: float
+    status: int | None = None
+    outcome: str = "in_flight"
+    error: str | None = None
+    finished: float | None = None
+    response_body: str | None = None
+    """The start of the target's answer (at most RESPONSE_BYTES_KEPT bytes, decoded leniently)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    request_body: bytes = b""
+    """The start of the task's body (at most RESPONSE_BYTES_READ), so the console can show what a finished or
+    deleted task sent; the task's own bytes object while it fits, so no copy is made."""
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, tokens: TokenIssuer, clock: Clock, *, enforce_rate_limits: bool = True,
+                 app_engine_url: str | None = None, attempts_kept: int = 10_000,
+                 task_log: TaskOperationsLog | None = None) -> None:
+        self.engine = engine
+        self.task_log = task_log
+        self.tokens = tokens
+        self.clock = clock
+        self.enforce_rate_limits = enforce_rate_limits
+        self.app_engine_url = app_engine_url.rstrip("/") if app_engine_url else None
+        self.attempts: collections.deque[AttemptRecord] = collections.deque(maxlen=attempts_kept)
+        self.runtimes: dict[str, QueueRuntime] = {}
+        self._woken = asyncio.Event()
+        self._sends: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        engine.on_work = self.wake
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
+            auto_decompress=False)
+        self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._sends:
+            await asyncio.wait(self._sends, timeout=grace)
+            for send in self._sends:
+                send.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    def prune(self, before: float) -> None:
+        """Forget attempt records of attempts that finished before `before` (they are kept for as long as a
+        finished task's name is reserved, and at most `attempts_kept` of them)."""
+        while self.attempts and self.attempts[0].finished is not None and self.attempts[0].finished < before:
+            self.attempts.popleft()
+        self.tokens.prune()
+
+    def _runtime(self, queue: QueueState) -> QueueRuntime:
+        limits = queue.queue.rate_limits
+        runtime = self.runtimes.get(queue.name)
+        if runtime is None:
+            runtime = QueueRuntime(TokenBucket(limits.max_dispatches_per_second, limits.max_burst_size,
+                                               self.clock.now()))
+            self.runtimes[queue.name] = runtime
+        elif runtime.bucket.rate != limits.max_dispatches_per_second:
+            runtime.bucket.configure(limits.max_dispatches_per_second, limits.max_burst_size)
+        return runtime
+
+    async def _run(self) -> None:
+        while True:
+            self._woken.clear()
+            try:
+                self.engine.save_unsaved()
+                wake_at = self._dispatch_due()
+            except Exception:  # noqa: BLE001 - one bad task must not stop dispatch for every queue
+                log.exception("dispatch loop error; continuing")
+                wake_at = self.clock.now() + 0.1
+            await self._sleep(wake_at, retry_storage=self.engine.unsaved > 0)
+
+    def _dispatch_due(self) -> float | None:
+        """Start every attempt that may start now; return when to look again (None: when woken)."""
+        now = self.clock.now()
+        wake_at: float | None = None
+        started: list[TaskState] = []
+        for state in self.engine.run_requests():  # RunTask: no schedule, pause or rate limit applies
+            started.append(self._start(state, self._runtime(self.engine.queues[state.queue]), persist=False))
+        for queue in list(self.engine.running_queues()):
+            runtime = self._runtime(queue)
+            most = queue.queue.rate_limits.max_concurrent_dispatches
+            while runtime.in_flight < most:
+                due = self.engine.peek_due(queue)
+                if due is None:
+                    break
+                at = due[0] / 1_000_000
+                if at > now:
+                    wake_at = at if wake_at is None else min(wake_at, at)
+                    break
+                if self.enforce_rate_limits and not runtime.bucket.try_take(now):
+                    at = runtime.bucket.next_token_at()
+                    wake_at = at if wake_at is None else min(wake_at, at)
+                    break
+                self.engine.take_due(queue)
+                started.append(self._start(due[1], runtime, persist=False))
+        # One commit for every attempt started here; their requests go out only after this returns.
+        self.engine.persist(started)
+        return wake_at
+
+    async def _sleep(self, until: float | None, retry_storage: bool = False) -> None:
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._woken.wait())}
+        if until is not None:
+            waiters.add(asyncio.ensure_future(self.clock.sleep_until(until)))
+        if retry_storage:  # storage recovering is a real-world event, whatever the emulated clock says
+            waiters.add(asyncio.ensure_future(asyncio.sleep(STORAGE_RETRY_SECONDS)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def run_now(self, state: TaskState) -> None:
+        """RunTask: dispatch at once, whatever the schedule, pause or rate limit; after the current
+        attempt if one is running."""
+        if not state.in_flight:
+            self._start(state, self._runtime(self.engine.queues[state.queue]))
+
+    def _start(self, state: TaskState, runtime: QueueRuntime, persist: bool = True) -> TaskState:
+        attempt = self.engine.begin_attempt(state, persist=persist)
+        runtime.in_flight += 1
+        runtime.peak_in_flight = max(runtime.peak_in_flight, runtime.in_flight)
+        send = asyncio.create_task(self._send(attempt, runtime))
+        self._sends.add(send)
+        send.add_done_callback(self._sends.discard)
+        return state
+
+    def headers_for(self, attempt: Attempt) -> CIMultiDict[str]:
+        """The task's own headers (casing kept) and the X-CloudTasks-* headers (§7.1-7.7)."""
+        # Framing headers are dropped at CreateTask; also here, for tasks saved by older emulators.
+        headers: CIMultiDict[str] = CIMultiDict((key, value) for key, value in attempt.headers.items()
+                                                if not FRAMING_HEADER.fullmatch(key))
+        headers["X-CloudTasks-QueueName"] = attempt.queue_id
+        headers["X-CloudTasks-TaskName"] = attempt.task_id
+        headers["X-CloudTasks-TaskRetryCount"] = str(attempt.retry_count)
+        headers["X-CloudTasks-TaskExecutionCount"] = str(attempt.execution_count)
+        headers["X-CloudTasks-TaskETA"] = f"{attempt.eta:.6f}"
+        if attempt.retry_count > 0 and attempt.previous_response is not None:
+            headers["X-CloudTasks-TaskPreviousResponse"] = str(attempt.previous_response)
+            if attempt.retry_reason:
+                headers["X-CloudTasks-TaskRetryReason"] = attempt.retry_reason
+        if attempt.oidc_email and attempt.oidc_audience:
+            headers["Authorization"] = f"Bearer {self.tokens.token_for(attempt.oidc_email, attempt.oidc_audience)}"
+        elif attempt.oauth_email:
+            headers["Authorization"] = f"Bearer {OAUTH_PLACEHOLDER_TOKEN}"
+        return headers
+
+    def _url(self, attempt: Attempt) -> str | None:
+        if attempt.kind == "http_request":
+            return attempt.url
+        return f"{self.app_engine_url}{attempt.url}" if self.app_engine_url else None
+
+    async def _send(self, attempt: Attempt, runtime: QueueRuntime) -> None:
+        headers = self.headers_for(attempt)
+        url = self._url(attempt)
+        record = AttemptRecord(task=attempt.task_name, queue=attempt.task_name.split("/tasks/")[0],
+                               attempt=attempt.retry_count + 1, method=attempt.method, url=url or attempt.url,
+                               request_headers=dict(headers), started=attempt.started,
+                               request_body=attempt.body[:RESPONSE_BYTES_READ])
+        self.attempts.append(record)
+        status, retry_after, answered = UNREACHABLE, None, False
+        try:
+            if url is None:
+                record.error = "App Engine task, and no --app-engine-url to send it to"
+            else:
+                status, retry_after, record.response_body = await self.clock.run_until(
+                    self._request(attempt, url, headers), attempt.started + attempt.deadline)
+                answered = True
+        except TimeoutError:
+            status, record.error = TIMED_OUT, f"no answer within the {attempt.deadline:g} s dispatch deadline"
+        except (aiohttp.ClientError, OSError, ValueError) as error:
+            record.error = f"{type(error).__name__}: {error}"
+        finally:
+            runtime.in_flight -= 1
+        record.status, record.finished = status, self.clock.now()
+        before = self._log_context(attempt)
+        record.outcome = self.engine.finish_attempt(attempt, status, retry_after, answered=answered)
+        if before is not None:
+            self._log_attempt(attempt, record, before, answered)
+        self.wake()
+
+    def _log_context(self, attempt: Attempt) -> tuple[float, int, int, float] | None:
+        """(sampling ratio, max attempts, responses so far, schedule time) while the task still exists."""
+        state = self.engine.tasks.get(attempt.task_name)
+        queue = self.engine.queues.get(attempt.task_name.split("/tasks/")[0])
+        if self.task_log is None or state is None or queue is None:
+            return None
+        schedule = state.task.last_attempt.schedule_time
+        return (queue.queue.stackdriver_logging_config.sampling_ratio, queue.queue.retry_config.max_attempts,
+                state.task.response_count, schedule.seconds + schedule.nanos / 1e9)
+
+    def _log_attempt(self, attempt: Attempt, record: AttemptRecord, before: tuple[float, int, int, float],
+                     answered: bool) -> None:
+        assert self.task_log is not None
+        ratio, max_attempts, responses, scheduled = before
+        retry_time = None
+        if record.outcome == "retrying":
+            state = self.engine.tasks.get(attempt.task_name)
+            if state is not None:
+                retry_time = state.task.schedule_time.seconds + state.task.schedule_time.nanos / 1e9
+        self.task_log.attempt_finished(AttemptResponse(
+            task_name=attempt.task_name, rpc_code=rpc_code_for(record.status or 0),
+            dispatch_count=attempt.retry_count + 1, response_count=responses + int(answered),
+            max_attempts=max_attempts, schedule_time=scheduled, dispatch_time=attempt.started,
+            finished=record.finished or attempt.started, retry_time=retry_time,
+            target=f"{attempt.method} {record.url}"), ratio)
+
+    async def _request(self, attempt: Attempt, url: str, headers: CIMultiDict[str],
+                       ) -> tuple[int, float | None, str]:
+        """The status, Retry-After and the start of the body. Only RESPONSE_BYTES_READ of the body are
+        read, so a huge answer costs no memory; the connection is then closed, not reused."""
+        assert self._session is not None
+        async with self._session.request(attempt.method, url, headers=headers, data=attempt.body or None,
+                                         allow_redirects=False) as response:
+            body = b""
+            try:
+                while len(body) < RESPONSE_BYTES_READ:
+                    chunk = await response.content.read(RESPONSE_BYTES_READ - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+            except aiohttp.ClientPayloadError:
+                pass  # the status is what counts; a broken body after it does not undo the answer
+            if not response.content.at_eof():
+                response.close()
+            return (response.status, _retry_after(response.headers.get("Retry-After")),
+                    body[:RESPONSE_BYTES_KEPT].decode("utf-8", errors="replace"))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds; the HTTP-date form is not used by handlers here and is ignored."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,29 @@
+"""The action `make verify` sends after a deploy: proof that a task went all the way from the queue to here.
+
+It is registered in every handler, beside the application's own actions, so a deploy can be verified
+whatever actions the application has. It does nothing but write the entry the verifier looks for.
+"""
+
+from __future__ import annotations
+
+from tasklane.core.task_context import TaskContext
+from tasklane.handler.actions import ActionLog, ActionRegistry
+from tasklane.handler.orders import OrderRequest
+
+VERIFY_ACTION = "verify_delivery"
+VERIFIED_EVENT = "delivery_verified"
+
+delivery_check = ActionRegistry()
+
+
+@delivery_check.register(VERIFY_ACTION)
+async def verify_delivery(order: OrderRequest, task: TaskContext, log: ActionLog) -> None:
+    log.event("smoke task delivered", event=VERIFIED_EVENT, order_id=order.order_id,
+              execution_count=task.execution_count)
+
+
+def with_delivery_check(actions: ActionRegistry) -> ActionRegistry:
+    """`actions` plus the delivery check, unless it is there already."""
+    if actions.get(VERIFY_ACTION) is not None:
+        return actions
+    return ActionRegistry.combined(actions, delivery_check)

@@ -1,0 +1,359 @@
+"""`TaskProducer`: create tasks for the deployed handler, one at a time or thousands at once.
+
+Every task is an authenticated POST of a JSON body to the handler: the OIDC token is signed as the
+invoker account for the stack's audience, and the body's Content-Type is set (Cloud Tasks sets none).
+Bad input is refused before any API call. Facts used: ../shared/reference/cloud-tasks-behaviour.md
+§4.1 (task IDs), §4.3 and §6.6 (30 days ahead at most), §4.5 (deadline range), §5.1 and §5.5
+(ALREADY_EXISTS; hashed IDs, because sequential ones slow Cloud Tasks down), §6.1 (1 MiB), §9.1/§13.1
+(the two producer permissions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import math
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.api_core import exceptions as api_exceptions
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+    CloudTasksGrpcAsyncIOTransport,
+    CloudTasksGrpcTransport,
+)
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from tasklane.handler.delivery_check import VERIFY_ACTION
+from tasklane.producer.config import ProducerConfig
+from tasklane.producer.tracing import TRACEPARENT, current_traceparent
+
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")  # always fullmatch: `$` would let a final newline through
+MAX_BODY_BYTES = 1024 * 1024 - 16 * 1024  # the whole task must stay under 1 MiB; leave room for the rest
+MAX_SCHEDULE_AHEAD = datetime.timedelta(days=30)
+MIN_DEADLINE, MAX_DEADLINE = 15.0, 1800.0
+TRANSIENT = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded, api_exceptions.InternalServerError,
+             api_exceptions.TooManyRequests, api_exceptions.ResourceExhausted, api_exceptions.Aborted)
+ENQUEUER_ROLE, SERVICE_ACCOUNT_USER_ROLE = "roles/cloudtasks.enqueuer", "roles/iam.serviceAccountUser"
+
+
+class InvalidTask(ValueError):
+    """The task was refused before any API call; the message says what was wrong and what is allowed."""
+
+
+class ProducerError(RuntimeError):
+    """The API refused the task for a reason the caller can act on (e.g. a missing role)."""
+
+
+def _default_actions() -> tuple[str, ...]:
+    from handler.order_actions import actions
+
+    return actions.names
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to create: the action, its payload, and optional naming, timing and deadline."""
+
+    action: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    task_id: str | None = None
+    dedup_key: str | None = None
+    delay: float | datetime.timedelta | None = None
+    at: datetime.datetime | None = None
+    deadline: float | datetime.timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    task_name: str
+    already_enqueued: bool = False
+    """True when a task with this name exists or existed recently: the same work is already queued."""
+
+    def __str__(self) -> str:
+        return self.task_name
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    index: int
+    status: str
+    """"created", "duplicate" or "failed"."""
+    task_name: str | None = None
+    reason: str | None = None
+
+
+def dedup_task_id(dedup_key: str) -> str:
+    """A task ID from a caller's key: hashed, so IDs spread evenly (sequential IDs slow Cloud Tasks)."""
+    return hashlib.sha256(dedup_key.encode()).hexdigest()
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, for messages about input that may be anything."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an integer too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _seconds(name: str, value: object) -> float:
+    """A duration in seconds from a number or a timedelta, or InvalidTask naming `name` and what is allowed."""
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidTask(f"{name} must be a number of seconds or a datetime.timedelta, got "
+                          f"{type(value).__name__} {_show(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf if value > 0 else -math.inf
+    if not math.isfinite(seconds):
+        raise InvalidTask(f"{name} must be a finite number of seconds, got {_show(value)}")
+    return seconds
+
+
+def explain_permission_denied(error: api_exceptions.PermissionDenied, config: ProducerConfig) -> ProducerError:
+    message = str(error)
+    if "actAs" in message:
+        fix = (f"grant {SERVICE_ACCOUNT_USER_ROLE} on the invoker account {config.invoker_service_account} "
+               "(add the producer to the stack's tasklane:producerMembers and run `pulumi up`)")
+    else:
+        fix = (f"grant {ENQUEUER_ROLE} on the queue {config.queue_path} and {SERVICE_ACCOUNT_USER_ROLE} on "
+               f"{config.invoker_service_account} (add the producer to tasklane:producerMembers, `pulumi up`)")
+    return ProducerError(f"Cloud Tasks refused to create the task: {message}. To fix it, {fix}.")
+
+
+class TaskProducer:
+    def __init__(self, config: ProducerConfig, *, actions: Iterable[str] | None = None,
+                 client: tasks_v2.CloudTasksClient | None = None,
+                 clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)) -> None:
+        self.config = config
+        # Every handler also has the delivery check `make verify` sends.
+        self.actions = tuple(dict.fromkeys([*(actions if actions is not None else _default_actions()),
+                                            VERIFY_ACTION]))
+        self._clock = clock
+        self._client = client or self._sync_client()
+
+    def _sync_client(self) -> tasks_v2.CloudTasksClient:
+        if self.config.emulator_host:
+            channel = grpc.insecure_channel(self.config.emulator_host)
+            return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        return tasks_v2.CloudTasksClient()
+
+    def _async_client(self) -> tasks_v2.CloudTasksAsyncClient:
+        """Created inside the running loop, as grpc.aio requires."""
+        if self.config.emulator_host:
+            channel = grpc.aio.insecure_channel(self.config.emulator_host)
+            return tasks_v2.CloudTasksAsyncClient(transport=CloudTasksGrpcAsyncIOTransport(channel=channel))
+        return tasks_v2.CloudTasksAsyncClient()
+
+    # -- Building and checking a task -------------------------------------------------------------------
+
+    def build_task(self, spec: TaskSpec, *, name_if_unnamed: bool = False) -> dict[str, Any]:
+        """The Task to create, or InvalidTask saying what is wrong, before any API call."""
+        if not isinstance(spec.action, str) or spec.action not in self.actions:
+            raise InvalidTask(f"unknown action {_show(spec.action)}; known actions: {', '.join(sorted(self.actions))}")
+        if not isinstance(spec.payload, Mapping):
+            raise InvalidTask(f"payload must be a mapping (a JSON object), got {type(spec.payload).__name__}")
+        if "action" in spec.payload and spec.payload["action"] != spec.action:
+            raise InvalidTask("the payload's 'action' differs from the action argument; leave it out")
+        if spec.task_id is not None and spec.dedup_key is not None:
+            raise InvalidTask("give task_id or dedup_key, not both")
+        for name, value in (("task_id", spec.task_id), ("dedup_key", spec.dedup_key)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidTask(f"{name} must be a string, got {type(value).__name__}")
+        if spec.dedup_key is not None:
+            try:
+                task_id: str | None = dedup_task_id(spec.dedup_key)
+            except UnicodeEncodeError:
+                raise InvalidTask(f"dedup_key {_show(spec.dedup_key)} is not valid Unicode: a lone surrogate") from None
+        else:
+            task_id = spec.task_id
+        if task_id is not None and not TASK_ID.fullmatch(task_id):
+            raise InvalidTask(f"task_id {_show(task_id)} may contain only letters, digits, '-' and '_', "
+                              "1-500 characters")
+        if task_id is None and name_if_unnamed:
+            task_id = secrets.token_hex(16)  # named, so a retried create cannot make a second task
+        try:
+            # NaN, Infinity and lone surrogates are not JSON: the handler would refuse the body as poison.
+            body = json.dumps({**spec.payload, "action": spec.action}, separators=(",", ":"), allow_nan=False,
+                              ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise InvalidTask("payload holds a string that is not valid Unicode (a lone surrogate)") from None
+        except ValueError as error:
+            if "Out of range float" in str(error):
+                raise InvalidTask("payload holds NaN or Infinity, which JSON cannot carry; send null or a "
+                                  "string instead") from None
+            raise InvalidTask(f"payload is not JSON-serialisable: {error}") from None
+        except (TypeError, RecursionError) as error:
+            raise InvalidTask(f"payload is not JSON-serialisable: {error}") from None
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidTask(f"payload is {len(body)} bytes as JSON; a task holds at most {MAX_BODY_BYTES} bytes")
+
+        task: dict[str, Any] = {"http_request": {
+            "url": self.config.task_url, "http_method": "POST", "headers": {"Content-Type": "application/json",
+                                                                             TRACEPARENT: current_traceparent()},
+            "body": body, "oidc_token": {"service_account_email": self.config.invoker_service_account,
+                                         "audience": self.config.task_audience}}}
+        if task_id is not None:
+            task["name"] = f"{self.config.queue_path}/tasks/{task_id}"
+        schedule_time = self._schedule_time(spec)
+        if schedule_time is not None:
+            task["schedule_time"] = schedule_time
+        deadline = (_seconds("deadline", spec.deadline) if spec.deadline is not None
+                    else self.config.dispatch_deadline_seconds)
+        if not MIN_DEADLINE <= deadline <= MAX_DEADLINE:
+            raise InvalidTask(f"deadline {deadline:g}s must be between 15s and 30 minutes")
+        task["dispatch_deadline"] = duration_pb2.Duration(seconds=int(deadline),
+                                                          nanos=int((deadline % 1) * 1e9))
+        return task
+
+    def _schedule_time(self, spec: TaskSpec) -> timestamp_pb2.Timestamp | None:
+        if spec.delay is not None and spec.at is not None:
+            raise InvalidTask("give delay or at, not both")
+        now = self._clock()
+        if spec.delay is not None:
+            delay = _seconds("delay", spec.delay)
+            if delay < 0:
+                raise InvalidTask(f"delay {delay:g}s is negative; it must be 0 or more")
+            if delay > MAX_SCHEDULE_AHEAD.total_seconds():
+                raise InvalidTask(f"delay {delay:g}s is more than 30 days ahead; Cloud Tasks refuses it")
+            when = now + datetime.timedelta(seconds=delay)
+        elif spec.at is not None:
+            if not isinstance(spec.at, datetime.datetime):
+                raise InvalidTask(f"at must be a datetime, got {type(spec.at).__name__}")
+            if spec.at.tzinfo is None or spec.at.utcoffset() is None:
+                raise InvalidTask("at must be a timezone-aware datetime")
+            when = spec.at
+        else:
+            return None
+        if when - now > MAX_SCHEDULE_AHEAD:
+            raise InvalidTask(f"schedule time {when.isoformat()} is more than 30 days ahead; Cloud Tasks refuses it")
+        if when < now - datetime.timedelta(days=1):
+            return None  # long past: Cloud Tasks runs it now, as it does an unset time (and year 1 stays valid)
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(when)
+        return stamp
+
+    # -- One task ---------------------------------------------------------------------------------------
+
+    def enqueue(self, action: str, payload: Mapping[str, Any] | None = None, *, task_id: str | None = None,
+                dedup_key: str | None = None, delay: float | datetime.timedelta | None = None,
+                at: datetime.datetime | None = None, deadline: float | datetime.timedelta | None = None) -> Enqueued:
+        """Create one task; a name that exists or existed recently is reported as already enqueued."""
+        task = self.build_task(TaskSpec(action, payload or {}, task_id, dedup_key, delay, at, deadline))
+        try:
+            created = self._client.create_task(request={"parent": self.config.queue_path, "task": task})
+        except api_exceptions.AlreadyExists:
+            return Enqueued(task["name"], already_enqueued=True)
+        except api_exceptions.PermissionDenied as error:
+            raise explain_permission_denied(error, self.config) from error
+        return Enqueued(created.name)
+
+    def enqueue_body(self, body: bytes, *, content_type: str = "application/json", route: str | None = None,
+                     deadline: float | None = None) -> Enqueued:
+        """Create a task carrying `body` exactly as given (a dead letter's replay), under a fresh random name."""
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidTask(f"the body is {len(body)} bytes; a task holds at most {MAX_BODY_BYTES} bytes")
+        route = route if route and route.startswith("/") else self.config.route
+        deadline = self.config.dispatch_deadline_seconds if deadline is None else deadline
+        task: dict[str, Any] = {
+            "name": f"{self.config.queue_path}/tasks/{secrets.token_hex(16)}",
+            "http_request": {"url": self.config.service_url.rstrip("/") + route, "http_method": "POST",
+                             "headers": {"Content-Type": content_type}, "body": body,
+                             "oidc_token": {"service_account_email": self.config.invoker_service_account,
+                                            "audience": self.config.task_audience}},
+            "dispatch_deadline": duration_pb2.Duration(seconds=int(deadline), nanos=int((deadline % 1) * 1e9))}
+        try:
+            created = self._client.create_task(request={"parent": self.config.queue_path, "task": task})
+        except api_exceptions.PermissionDenied as error:
+            raise explain_permission_denied(error, self.config) from error
+        return Enqueued(created.name)
+
+    # -- Many tasks -------------------------------------------------------------------------------------
+
+    def enqueue_many(self, specs: Iterable[TaskSpec], *, concurrency: int = 64, attempts: int = 5,
+                     progress: Callable[[int, int], None] | None = None) -> list[ItemResult]:
+        """Create many tasks with the async client, `concurrency` calls in flight, one result per item.
+
+        Only transient API errors are retried (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED,
+        ABORTED), with backoff; unnamed tasks get a random name first, so a retried call whose first try
+        did succeed cannot create the task twice.
+        """
+        if concurrency < 1 or attempts < 1:
+            raise ValueError("concurrency and attempts must be at least 1")
+        items = list(specs)
+        return asyncio.run(self._enqueue_all(items, concurrency, attempts, progress))
+
+    async def _enqueue_all(self, items: list[TaskSpec], concurrency: int, attempts: int,
+                           progress: Callable[[int, int], None] | None) -> list[ItemResult]:
+        client = self._async_client()
+        gate = asyncio.Semaphore(concurrency)
+        done = 0
+
+        async def one(index: int, spec: TaskSpec) -> ItemResult:
+            nonlocal done
+            try:
+                task = self.build_task(spec, name_if_unnamed=True)
+            except InvalidTask as error:
+                result = ItemResult(index, "failed", reason=str(error))
+            else:
+                async with gate:
+                    result = await self._create_with_retries(client, index, task, spec, attempts)
+            done += 1
+            if progress is not None:
+                progress(done, len(items))
+            return result
+
+        try:
+            return list(await asyncio.gather(*(one(i, spec) for i, spec in enumerate(items))))
+        finally:
+            await client.transport.close()  # type: ignore[no-untyped-call]
+
+    async def _create_with_retries(self, client: tasks_v2.CloudTasksAsyncClient, index: int, task: dict[str, Any],
+                                   spec: TaskSpec, attempts: int) -> ItemResult:
+        caller_named = spec.task_id is not None or spec.dedup_key is not None
+        for attempt in range(1, attempts + 1):
+            try:
+                created = await client.create_task(request={"parent": self.config.queue_path, "task": task},
+                                                   retry=None)
+                return ItemResult(index, "created", created.name)
+            except api_exceptions.AlreadyExists:
+                # A retry of our own randomly named task found the first try's task: it was created.
+                status = "duplicate" if caller_named or attempt == 1 else "created"
+                return ItemResult(index, status, task["name"])
+            except api_exceptions.PermissionDenied as error:
+                return ItemResult(index, "failed", reason=str(explain_permission_denied(error, self.config)))
+            except TRANSIENT as error:
+                if attempt == attempts:
+                    return ItemResult(index, "failed", reason=f"{type(error).__name__} after {attempts} tries: "
+                                                             f"{error.message}")
+                await asyncio.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)))
+            except api_exceptions.GoogleAPICallError as error:
+                return ItemResult(index, "failed", reason=f"{type(error).__name__}: {error.message}")
+        raise AssertionError("unreachable")
+
+    # -- Looking at the queue ---------------------------------------------------------------------------
+
+    def list_tasks(self, limit: int = 100) -> list[Any]:
+        return list(self.iter_tasks(limit))
+
+    def iter_tasks(self, limit: int | None = None) -> Iterator[Any]:
+        """The queue's tasks, page after page (1,000 a call), stopping after `limit` if given."""
+        pages = self._client.list_tasks(request={"parent": self.config.queue_path,
+                                                 "page_size": min(limit or 1000, 1000)})
+        for count, task in enumerate(pages, start=1):
+            yield task
+            if limit is not None and count >= limit:
+                return
+
+    def get_task(self, name_or_id: str) -> Any:
+        name = name_or_id if "/" in name_or_id else f"{self.config.queue_path}/tasks/{name_or_id}"
+        return self._client.get_task(request={"name": name, "response_view": "FULL"})
