@@ -30,7 +30,6 @@ from tasklane.emulator.store import StateFileError
 from tasklane.emulator.validation import QUEUE_NAME
 
 
-
 class NotATasklaneCheckout(Exception):
     """--pulumi-stack reads the stack's settings with the Tasklane program's own reader (infra/), which lives in a
     Tasklane checkout, not in this distribution."""
