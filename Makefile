@@ -12,7 +12,7 @@ CHROMIUM_INSTALL := command -v chromium >/dev/null || (apt-get update -qq && apt
 	|| (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium >/dev/null) \
 	|| echo "chromium could not be installed: the console's browser test will be skipped (CI fails it)"
 
-.PHONY: test lint typecheck unit local local-status chromium verify venv policy-venv bench clean
+.PHONY: test lint typecheck unit local local-status chromium verify venv policy-venv dist bench clean
 
 test: lint typecheck unit
 
@@ -56,11 +56,24 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 chromium:
 	@$(CHROMIUM_INSTALL)
 
-# Two pytest workers (pytest-xdist), one per core here; PYTEST_WORKERS=0 runs in one process.
+# The four distributions as users install them: wheels and sdists in dist/, rebuilt only when their files change.
+DISTRIBUTIONS := core framework producer emulator
+DIST := dist
+DISTRIBUTION_FILES := $(shell find $(DISTRIBUTIONS) -type f -not -path '*/__pycache__/*' -not -name '*.pyc')
+
+$(DIST)/.built: $(INSTALLED) $(DISTRIBUTION_FILES)
+	@rm -rf $(DIST) && mkdir -p $(DIST)
+	@for d in $(DISTRIBUTIONS); do $(BIN)/uv build -q --out-dir $(DIST) $$d || exit 1; done
+	@touch $@
+
+dist: $(DIST)/.built
+
+# Two pytest workers (pytest-xdist), one per core here; PYTEST_WORKERS=0 runs in one process. Tests that share
+# a session fixture costly to make twice (the installed distributions) run on one worker (xdist_group).
 PYTEST_WORKERS ?= 2
 
-unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.package-lock.json $(POLICY_VENV)/.installed chromium
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
+unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.package-lock.json $(POLICY_VENV)/.installed chromium $(DIST)/.built
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 # Benchmarks compare with the peers their issues name; the handler runs from an environment holding
 # only handler/requirements.txt, as in its image.
@@ -127,4 +140,4 @@ verify: $(INSTALLED)
 	$(BIN)/python -m tasklane.producer.verify --stack $(STACK)
 
 clean:
-	rm -rf $(VENV) $(HANDLER_VENV) $(PEER_EMULATOR_VENV) $(POLICY_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HANDLER_VENV) $(PEER_EMULATOR_VENV) $(POLICY_VENV) $(DIST) .pytest_cache .mypy_cache .ruff_cache

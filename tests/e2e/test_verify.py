@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tasklane.handler.delivery_check import VERIFIED_EVENT
+from tasklane.core.verification import VERIFIED_EVENT
 from tasklane.producer.verify import CloudLoggingEvidence, DeliveryCheck, VerificationFailed
 from tests.e2e.conftest import Pipeline
 

@@ -7,11 +7,11 @@ whatever actions the application has. It does nothing but write the entry the ve
 from __future__ import annotations
 
 from tasklane.core.task_context import TaskContext
+from tasklane.core.verification import VERIFIED_EVENT, VERIFY_ACTION
 from tasklane.handler.actions import ActionLog, ActionRegistry
 from tasklane.handler.orders import OrderRequest
 
-VERIFY_ACTION = "verify_delivery"
-VERIFIED_EVENT = "delivery_verified"
+__all__ = ["VERIFIED_EVENT", "VERIFY_ACTION", "delivery_check", "with_delivery_check"]
 
 delivery_check = ActionRegistry()
 

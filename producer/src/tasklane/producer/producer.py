@@ -30,7 +30,7 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import (
 )
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from tasklane.handler.delivery_check import VERIFY_ACTION
+from tasklane.core.verification import VERIFY_ACTION
 from tasklane.producer.config import ProducerConfig
 from tasklane.producer.tracing import TRACEPARENT, current_traceparent
 

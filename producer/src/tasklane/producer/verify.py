@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import google.auth.exceptions
 from google.api_core import exceptions as api_exceptions
 
-from tasklane.handler.delivery_check import VERIFIED_EVENT, VERIFY_ACTION
+from tasklane.core.verification import VERIFIED_EVENT, VERIFY_ACTION
 from tasklane.producer.config import ConfigError, ProducerConfig
 from tasklane.producer.producer import ProducerError, TaskProducer
 
