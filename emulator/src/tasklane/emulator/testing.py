@@ -81,7 +81,8 @@ class RunningEmulator:
         """Create a queue and return its path; `settings` are Queue fields, e.g.
         `rate_limits={"max_concurrent_dispatches": 1}`, `retry_config={"max_attempts": 3}`."""
         parent = f"projects/{project}/locations/{location}"
-        created = self.client().create_queue(parent=parent, queue={"name": f"{parent}/queues/{name}", **settings})
+        created = self.client().create_queue(request={"parent": parent,
+                                                      "queue": {"name": f"{parent}/queues/{name}", **settings}})
         return str(created.name)
 
     def tasks(self, queue: str) -> list[tasks_v2.Task]:
