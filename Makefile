@@ -75,15 +75,17 @@ PYTEST_WORKERS ?= 2
 unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.package-lock.json $(POLICY_VENV)/.installed chromium $(DIST)/.built
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
-# Benchmarks compare with the peers their issues name; the handler runs from an environment holding
-# only handler/requirements.txt, as in its image.
+# Benchmarks compare with the peers their issues name; the handler runs from an environment holding only what
+# its image does: handler/requirements.txt and the framework's wheels.
 HANDLER_VENV := .venv-handler
 EXPRESS_PEER := bench/express-handler
 
-$(HANDLER_VENV)/.installed: handler/requirements.txt $(INSTALLED)
+$(HANDLER_VENV)/.installed: handler/requirements.txt $(INSTALLED) $(DIST)/.built
 	@test -x $(HANDLER_VENV)/bin/python || $(PYTHON) -m venv $(HANDLER_VENV)
 	@$(BIN)/uv pip install -q --compile-bytecode --python $(HANDLER_VENV)/bin/python -r handler/requirements.txt \
-	 || $(HANDLER_VENV)/bin/python -m pip install -q -r handler/requirements.txt
+	 $(DIST)/tasklane_core-*.whl $(DIST)/tasklane_handler-*.whl \
+	 || $(HANDLER_VENV)/bin/python -m pip install -q -r handler/requirements.txt $(DIST)/tasklane_core-*.whl \
+	    $(DIST)/tasklane_handler-*.whl
 	@touch $@
 
 # npm writes node_modules/.package-lock.json at the end of a successful install.
