@@ -9,6 +9,18 @@ from handler.task_context import TaskContext
 actions = ActionRegistry()
 
 
+def service_actions(demo: bool = False) -> ActionRegistry:
+    """Every action this service runs: these, the delivery check `make verify` sends, and with `demo` the
+    local demo's (TASKLANE_DEMO_ACTIONS)."""
+    from handler.delivery_check import with_delivery_check
+
+    if not demo:
+        return with_delivery_check(actions)
+    from handler.demo_actions import demo_actions
+
+    return with_delivery_check(ActionRegistry.combined(actions, demo_actions))
+
+
 @actions.register("send_confirmation")
 async def send_confirmation(order: OrderRequest, task: TaskContext, log: ActionLog) -> None:
     if order.customer_email is None:
