@@ -63,10 +63,6 @@ class LogLines:
 def e2e_actions() -> ActionRegistry:
     """The sample actions, one that fails transiently on its first attempt, and two that never succeed."""
     registry = ActionRegistry()
-    for name in order_actions.names:
-        action = order_actions.get(name)
-        assert action is not None
-        registry.register(name)(action)
 
     @registry.register("flaky_once")
     async def flaky_once(order: OrderRequest, task: TaskContext, log: ActionLog) -> None:
@@ -83,7 +79,7 @@ def e2e_actions() -> ActionRegistry:
     async def always_crash(order: OrderRequest, task: TaskContext, log: ActionLog) -> None:
         raise ZeroDivisionError("a bug that never goes away")
 
-    return registry
+    return ActionRegistry.combined(order_actions, registry)
 
 
 @dataclass
