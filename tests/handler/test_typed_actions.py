@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 import pytest
 
-from handler.actions import ActionLog, ActionRegistry, RegisteredAction
+from handler.actions import ActionLog, ActionRegistry, RegisteredAction, RetryableError
 from handler.order_actions import service_actions
 from handler.payloads import PayloadError, PayloadType
 from handler.task_context import TaskContext
@@ -161,6 +161,24 @@ def test_a_typed_routes_idempotency_key_comes_from_its_header(typed: HandlerUnde
     assert len(runs) == 2
     too_long = post(typed, "/tasks/ship", body, task_headers("t-4", **{IDEMPOTENCY_KEY_HEADER: "k" * 501}))
     assert too_long.json()["reason"] == f"header {IDEMPOTENCY_KEY_HEADER} must be 1-500 characters, got 501"
+
+
+def test_a_typed_tasks_final_failed_attempt_is_dead_lettered_with_its_route(build_handler: Any) -> None:
+    registry = ActionRegistry()
+
+    @registry.register("ship")
+    async def ship(shipment: Shipment, task: TaskContext, log: ActionLog) -> None:
+        raise RetryableError("carrier is down", retry_after=7)
+
+    handler = build_handler(actions=registry, max_attempts=3)
+    body = b'{"shipmentId": "s-9", "weightGrams": 1}'
+    early = post(handler, "/tasks/ship", body, task_headers("t-9", retry_count=0))
+    assert (early.status_code, early.headers["Retry-After"], handler.sink.letters) == (503, "7", [])
+    final = post(handler, "/tasks/ship", body, task_headers("t-9", retry_count=2))
+    assert final.status_code == 503
+    [letter] = handler.sink.letters
+    assert (letter.kind, letter.reason, letter.path, letter.body) == (
+        "final_attempt_failed", "ship failed transiently: carrier is down", "/tasks/ship", body)
 
 
 @pytest.mark.parametrize("action", list(service_actions(demo=True)), ids=lambda action: action.name)
