@@ -123,9 +123,6 @@ class ActionRegistry:
         """Every action, by name."""
         return iter(sorted(self._actions.values(), key=lambda action: action.name))
 
-    def __len__(self) -> int:
-        return len(self._actions)
-
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._actions))

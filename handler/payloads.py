@@ -116,7 +116,11 @@ class PayloadType(Generic[T]):
                                f"{self.takes}")
 
     def encode(self, payload: T) -> bytes:
-        return msgspec.json.encode(payload)
+        """`payload` as JSON, or PayloadError when it holds what JSON cannot (NaN is encoded as null)."""
+        try:
+            return msgspec.json.encode(payload)
+        except (TypeError, ValueError, RecursionError, msgspec.MsgspecError) as error:
+            raise PayloadError(f"{self.name} is not JSON-serialisable: {error}") from None
 
 
 def payload_schemas(types: list[PayloadType[Any]],

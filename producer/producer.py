@@ -131,6 +131,12 @@ def _is_registry(actions: object) -> TypeGuard[ActionRegistry]:
     return isinstance(actions, ActionRegistry)
 
 
+def _within_limit(body: bytes) -> bytes:
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidTask(f"payload is {len(body)} bytes as JSON; a task holds at most {MAX_BODY_BYTES} bytes")
+    return body
+
+
 def _json_object(payload: Mapping[Any, Any]) -> bytes:
     """A mapping as compact JSON, or InvalidTask: NaN, Infinity and lone surrogates are not JSON, and the
     handler would refuse the body as poison."""
@@ -248,33 +254,31 @@ class TaskProducer:
             if action is None:
                 raise InvalidTask(f"unknown action {_show(name)}; known actions: {', '.join(self.registry.names)}")
             return action
-        if self.action_names is not None:
-            if not isinstance(name, str) or name not in self.action_names:
-                raise InvalidTask(f"unknown action {_show(name)}; known actions: "
-                                  f"{', '.join(sorted(self.action_names))}")
-        elif not isinstance(name, str) or not re.fullmatch(ACTION_NAME_PATTERN, name):
+        if self.action_names is not None and name not in self.action_names:
+            raise InvalidTask(f"unknown action {_show(name)}; known actions: {', '.join(sorted(self.action_names))}")
+        if not isinstance(name, str) or not re.fullmatch(ACTION_NAME_PATTERN, name):  # it is a path segment
             raise InvalidTask(f"action {_show(name)} must be 1-100 letters, digits, '_' or '-'")
         return None
 
     def _body(self, payload: object, action: RegisteredAction | None) -> bytes:
         """The task's body: the payload as JSON, checked against the action's payload type when known."""
-        if action is not None and isinstance(payload, action.payload.cls):
-            body = action.payload.encode(payload)
-        elif isinstance(payload, Mapping):
-            body = _json_object(payload)
-        else:
-            expected = (f"a mapping or an instance of {action.payload.name}" if action is not None
-                        else "a mapping (a JSON object)")
-            raise InvalidTask(f"payload must be {expected}, got {type(payload).__name__}")
-        if len(body) > MAX_BODY_BYTES:
-            raise InvalidTask(f"payload is {len(body)} bytes as JSON; a task holds at most {MAX_BODY_BYTES} bytes")
-        if action is not None:
-            from handler.payloads import PayloadError
+        if action is None:
+            if not isinstance(payload, Mapping):
+                raise InvalidTask(f"payload must be a mapping (a JSON object), got {type(payload).__name__}")
+            return _within_limit(_json_object(payload))
+        from handler.payloads import PayloadError  # there is a registry, so the handler framework is here
 
-            try:
-                action.payload.decode(body)  # exactly what the handler will run on it
-            except PayloadError as error:
-                raise InvalidTask(f"{action.name}: {error}") from None
+        try:
+            if isinstance(payload, action.payload.cls):
+                body = action.payload.encode(payload)
+            elif isinstance(payload, Mapping):
+                body = _json_object(payload)
+            else:
+                raise InvalidTask(f"payload must be a mapping or an instance of {action.payload.name}, got "
+                                  f"{type(payload).__name__}")
+            action.payload.decode(_within_limit(body))  # exactly what the handler will run on it
+        except PayloadError as error:
+            raise InvalidTask(f"{action.name}: {error}") from None
         return body
 
     def _schedule_time(self, spec: TaskSpec) -> timestamp_pb2.Timestamp | None:

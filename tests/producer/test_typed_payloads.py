@@ -171,3 +171,20 @@ def test_a_replayed_typed_task_keeps_its_route_and_gets_a_fresh_header_key(
     assert request.url == OUTPUTS["service_url"] + "/tasks/update_inventory" and request.body == body
     assert request.headers[IDEMPOTENCY_KEY_HEADER].startswith("inventory-o-r~replay-")
     assert "Authorization" not in request.headers
+
+
+def test_without_a_registry_any_well_formed_name_goes_to_its_route_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A producer installed without the service (its default registry absent) still creates tasks."""
+    import producer.registry
+
+    monkeypatch.setattr(producer.registry, "DEFAULT_ACTIONS", "tasklane_no_such_service.actions:registry")
+    bare = offline(ProducerConfig.from_stack_outputs(OUTPUTS, {}))
+    assert bare.registry is None and bare.action_names is None
+    task = bare.build_task(TaskSpec("anything-at-all_2", {"free": "form"}))
+    assert task["http_request"]["url"] == OUTPUTS["service_url"] + "/tasks/anything-at-all_2"
+    assert json.loads(task["http_request"]["body"]) == {"free": "form"}
+    for name in ("has space", "a/b", "", "x" * 101):
+        with pytest.raises(InvalidTask, match="must be 1-100 letters, digits, '_' or '-'"):
+            bare.build_task(TaskSpec(name, {}))
+    with pytest.raises(InvalidTask, match="payload must be a mapping"):
+        bare.build_task(TaskSpec("anything", ["not", "a", "mapping"]))
