@@ -1,6 +1,6 @@
 """What a task looks like on the wire, shared by the handler and the producer: routes, fields, a header.
 
-No imports, so the producer can read these without the handler's dependencies.
+Nothing is imported here, so the producer can read these without the handler's dependencies.
 """
 
 from __future__ import annotations
