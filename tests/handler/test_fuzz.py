@@ -94,3 +94,25 @@ def test_no_input_gets_a_5xx_with_token_checks_on(build_handler: Callable[..., H
     handler = build_handler(token_check=TokenCheck.CLAIMS)
     check_no_server_error(handler, "POST", "/process-order", headers, body)
     assert handler.client.get("/").status_code == 200
+
+
+# Near-valid bodies for each action's own route, built from its payload type's fields (so a new action is
+# fuzzed too): any subset of its fields with random values, sometimes one field too many.
+TYPED_NEAR_VALID = st.sampled_from(list(service_actions())).flatmap(
+    lambda action: st.fixed_dictionaries({}, optional={**{name: JSON_VALUES | st.text(max_size=30)
+                                                          for name in action.payload.fields},
+                                                       "unexpected": JSON_VALUES}).map(
+        lambda body: (action.name, body)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=TYPED_NEAR_VALID, headers=TASK_HEADERS)
+def test_near_valid_payloads_on_each_actions_route_are_done_or_refused_never_a_5xx(
+        handler: HandlerUnderTest, case: tuple[str, dict[str, Any]], headers: dict[str, str]) -> None:
+    name, body = case
+    response = handler.client.post(TASKS_ROUTE + name, headers=headers, content=json.dumps(body).encode())
+    assert response.status_code < 500, (name, body, response.text)
+    if response.status_code in (200, 400):
+        assert response.json()["status"] in {"done", "duplicate", "rejected"}
+    if "unexpected" in body and response.status_code in (200, 400):
+        assert response.json()["status"] == "rejected", "an unknown field is never dropped silently"
