@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from handler.orders import OrderRequest
 from tasklane.core.task_context import TaskContext
 from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
-from tasklane.handler.orders import OrderRequest
 
 demo_actions = ActionRegistry()
 

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from handler.orders import OrderRequest
 from tasklane.core.task_context import TaskContext
 from tasklane.handler.actions import ActionLog, ActionRegistry, RejectTask
-from tasklane.handler.orders import OrderRequest
 
 actions = ActionRegistry()
+
+
+def service_actions(demo: bool = False) -> ActionRegistry:
+    """Every action this service runs: these, the delivery check `make verify` sends, and with `demo` the
+    local demo's (TASKLANE_DEMO_ACTIONS)."""
+    from tasklane.handler.delivery_check import with_delivery_check
+
+    if not demo:
+        return with_delivery_check(actions)
+    from handler.demo_actions import demo_actions
+
+    return with_delivery_check(ActionRegistry.combined(actions, demo_actions))
 
 
 @actions.register("send_confirmation")

@@ -256,6 +256,7 @@ def local_smoke_task(queue_path: str, service_url: str, invoker: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO))
+    from handler.order_actions import service_actions
     from infra.settings import settings_from_stack_files
     from tasklane.emulator.server import gcloud_environment
     from tasklane.producer import ProducerConfig, TaskProducer
@@ -299,8 +300,8 @@ def run(args: argparse.Namespace) -> int:
         producer = TaskProducer(ProducerConfig(queue_path=queue_path, service_url=service_url,
                                                invoker_service_account=invoker, task_audience=service_url,
                                                emulator_host=emulator_host),
-                                actions=["send_confirmation", "update_inventory", "notify_warehouse",
-                                         "reserve_stock"])
+                                # Names only, so the poison sample reaches the handler unchecked.
+                                actions=service_actions(demo=True).names)
         print(f"▶ enqueueing {len(SAMPLES)} sample orders into {queue_path}", flush=True)
         names = {label: producer.enqueue(action, payload).task_name for label, action, payload in SAMPLES}
         finals = show_flow(emulator_url, names, state_dir, timeout=args.sample_timeout)

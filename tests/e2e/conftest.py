@@ -21,6 +21,8 @@ import pytest
 import uvicorn
 
 from handler.order_actions import actions as order_actions
+from handler.order_actions import service_actions as every_service_action
+from handler.orders import OrderRequest
 from tasklane.core.dead_letter import LogDeadLetterSink
 from tasklane.core.logs import StructuredLog
 from tasklane.core.task_context import TaskContext
@@ -31,7 +33,6 @@ from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
 from tasklane.handler.app import create_app
 from tasklane.handler.auth import TokenVerifier
 from tasklane.handler.config import HandlerConfig, TokenCheck
-from tasklane.handler.orders import OrderRequest
 from tasklane.producer import ProducerConfig, TaskProducer
 from tests.helpers import free_port, wait_for
 
@@ -63,10 +64,6 @@ class LogLines:
 def e2e_actions() -> ActionRegistry:
     """The sample actions, one that fails transiently on its first attempt, and two that never succeed."""
     registry = ActionRegistry()
-    for name in order_actions.names:
-        action = order_actions.get(name)
-        assert action is not None
-        registry.register(name)(action)
 
     @registry.register("flaky_once")
     async def flaky_once(order: OrderRequest, task: TaskContext, log: ActionLog) -> None:
@@ -83,7 +80,7 @@ def e2e_actions() -> ActionRegistry:
     async def always_crash(order: OrderRequest, task: TaskContext, log: ActionLog) -> None:
         raise ZeroDivisionError("a bug that never goes away")
 
-    return registry
+    return ActionRegistry.combined(order_actions, registry)
 
 
 @dataclass
@@ -138,7 +135,10 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
 
     def make(state_file: str | None = None, rate: float = 500, clock: ManualClock | None = None,
              audience: str | None = None, ports: tuple[int, int] | None = None,
-             final_failures_topic: str | None = None, tracer: Any = None) -> Pipeline:
+             final_failures_topic: str | None = None, tracer: Any = None,
+             service_actions: bool = False) -> Pipeline:
+        """`service_actions`: the handler runs the service's own actions, and the producer finds their registry
+        itself, as deployed; otherwise both get the sample actions plus failing ones (`e2e_actions`)."""
         clock = clock or ManualClock(start=time.time())
         grpc_port, http_port = ports or (0, 0)
         emulator = start_emulator(EmulatorConfig(clock=clock, state_file=state_file, grpc_port=grpc_port,
@@ -159,14 +159,16 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
                                token_certs_url=f"{emulator.http_url}/oauth2/v1/certs",
                                push_token_check=TokenCheck.OFF)  # Google's Pub/Sub emulator signs no pushes
         structured = StructuredLog(project_id="tasklane-e2e", writer=log.write)
-        app = create_app(config, actions=e2e_actions(), log=structured, dead_letters=LogDeadLetterSink(structured),
-                         verifier=TokenVerifier(config, clock=clock.now), tracer=tracer)
+        app = create_app(config, actions=every_service_action() if service_actions else e2e_actions(),
+                         log=structured,
+                         dead_letters=LogDeadLetterSink(structured), verifier=TokenVerifier(config, clock=clock.now),
+                         tracer=tracer)
         handler = HandlerThread(app, port).__enter__()
         stack.append(handler)
         producer_config = ProducerConfig(queue_path=QUEUE, service_url=handler_url, invoker_service_account=INVOKER,
                                          task_audience=audience or handler_url, emulator_host=emulator.grpc_target)
-        producer = TaskProducer(producer_config, actions=[*e2e_actions().names, "not_an_action"],
-                                clock=lambda: _utc(clock.now()))
+        producer = TaskProducer(producer_config, clock=lambda: _utc(clock.now()),
+                                actions=None if service_actions else [*e2e_actions().names, "not_an_action"])
         return Pipeline(clock, emulator, handler_url, log, producer)
 
     yield make

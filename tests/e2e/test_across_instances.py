@@ -115,7 +115,7 @@ def test_each_action_runs_exactly_once_across_two_instances(cluster: Cluster) ->
     run_id = uuid.uuid4().hex[:6]
 
     def spec(i: int) -> TaskSpec:
-        return TaskSpec("update_inventory", {"orderId": f"{run_id}-{i}", "idempotencyKey": f"{run_id}-key-{i}"})
+        return TaskSpec("update_inventory", {"orderId": f"{run_id}-{i}"}, idempotency_key=f"{run_id}-key-{i}")
 
     one, two = cluster.producer(cluster.one), cluster.producer(cluster.two)
     started = time.monotonic()

@@ -90,6 +90,7 @@ def pipeline(tmp_path: Path) -> Iterator[LocalPipeline]:
 def test_a_user_walks_the_console_through_the_local_pipeline(pipeline: LocalPipeline, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    from handler.order_actions import service_actions
     from tasklane.producer import ProducerConfig, TaskProducer
 
     first_line = pipeline.output[0]
@@ -98,7 +99,7 @@ def test_a_user_walks_the_console_through_the_local_pipeline(pipeline: LocalPipe
     producer = TaskProducer(ProducerConfig(queue_path=QUEUE, service_url=pipeline.service_url,
                                            invoker_service_account=invoker, task_audience=pipeline.service_url,
                                            emulator_host=pipeline.emulator_host),
-                            actions=["reserve_stock", "update_inventory"])
+                            actions=service_actions(demo=True).names)  # names only: the poison goes unchecked
     transient = producer.enqueue("reserve_stock", {"orderId": "browser-1"}).task_name
     poison = producer.enqueue("update_inventory", {"sku": "SKU-browser"}).task_name
     later = [producer.enqueue("update_inventory", {"orderId": f"later-{n}"}, delay=3600).task_name for n in range(3)]

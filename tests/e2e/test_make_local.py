@@ -55,7 +55,7 @@ def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
 
 def assert_dead_letter_listed_and_replayed(out: str) -> None:
     letters = out[out.index("$ tasklane dead-letters list"):]
-    assert "rejected" in letters and "invalid order: Object missing required field `orderId`" in letters
+    assert "rejected" in letters and "update_inventory: invalid OrderRequest: unknown field `sku`" in letters
     assert "$ tasklane dead-letters replay " in letters
     assert "attempt 1: HTTP 200 (processed" in letters
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from google.cloud import tasks_v2
 
+from tasklane.core import wire
 from tasklane.emulator.clock import ManualClock
-from tasklane.emulator.console import ConsoleConfig
+from tasklane.emulator.console import IDEMPOTENCY_KEY_HEADER, ConsoleConfig
 from tasklane.emulator.dead_letters import CombinedLetters, DirectoryLetters, HandlerLogLetters
 from tasklane.emulator.server import EmulatorServer
 from tests.emulator.conftest import PARENT, Target, client_for, make_queue, task_gone, wait_for
@@ -178,6 +179,36 @@ def log_letter(letter_id: str, body: bytes, parts: int = 1) -> list[str]:
                           headers={"Content-Type": "application/json"})
         lines.append(json.dumps({"severity": "ERROR", "message": "dead-lettered", "tasklane_dead_letter": record}))
     return lines
+
+
+def test_a_replayed_typed_task_keeps_its_route_and_gets_a_fresh_header_key(
+        make_emulator: Any, target: Target, tmp_path: Path) -> None:
+    store = tmp_path / "dead-letters"
+    store.mkdir()
+    (store / f"{'e' * 32}.json").write_text(json.dumps({
+        "kind": "final_attempt_failed", "reason": "HTTP 503", "taskName": "t-3", "queueName": "typed",
+        "attempt": 5, "method": "POST", "path": "/tasks/update_inventory",
+        "headers": [{"name": "Content-Type", "value": "application/json"},
+                    {"name": "X-Tasklane-Idempotency-Key", "value": "inventory-o-3"}],
+        "firstSeen": "2030-01-01T00:00:00+00:00", "body": base64.b64encode(b'{"orderId": "o-3"}').decode(),
+        "replays": []}))
+    emulator = make_emulator(console=ConsoleConfig(letters=DirectoryLetters(store), replay_url=target.url,
+                                                   replay_oidc_email=INVOKER))
+    client = client_for(emulator)
+    queue = make_queue(client, "typed")
+    client.pause_queue(name=queue.name)
+    assert act(emulator.http_url, "replay", "e" * 32, token_of(emulator.http_url))[0] == 200
+    [listed] = client.list_tasks(parent=queue.name)
+    task = client.get_task(request={"name": listed.name, "response_view": tasks_v2.Task.View.FULL})
+    assert task.http_request.url == f"{target.url}/tasks/update_inventory"
+    assert json.loads(task.http_request.body) == {"orderId": "o-3"}
+    assert task.http_request.headers[IDEMPOTENCY_KEY_HEADER].startswith("inventory-o-3~replay-")
+    stored = json.loads((store / f"{'e' * 32}.json").read_text())
+    assert stored["replays"][0]["idempotencyKey"] == task.http_request.headers[IDEMPOTENCY_KEY_HEADER]
+
+
+def test_the_console_names_the_handlers_idempotency_header() -> None:
+    assert IDEMPOTENCY_KEY_HEADER == wire.IDEMPOTENCY_KEY_HEADER
 
 
 def test_dead_letters_from_the_handler_log_and_the_store_are_shown_and_replayed(

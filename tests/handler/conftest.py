@@ -15,7 +15,7 @@ from google.auth import crypt
 from google.auth import jwt as google_jwt
 from starlette.testclient import TestClient
 
-from handler.service import service_actions
+from handler.order_actions import service_actions
 from tasklane.core.dead_letter import DeadLetter
 from tasklane.core.logs import StructuredLog
 from tasklane.handler.actions import ActionRegistry
@@ -91,7 +91,7 @@ def build_handler() -> Callable[..., HandlerUnderTest]:
         kwargs: dict[str, Any] = {"log": StructuredLog(project_id="tasklane-test", writer=log.write),
                                   "dead_letters": sink}
         handler_config = make_config(**config)
-        kwargs["actions"] = actions if actions is not None else service_actions(handler_config)
+        kwargs["actions"] = actions if actions is not None else service_actions(handler_config.demo_actions)
         if fetch_keys is not None:
             kwargs["verifier"] = TokenVerifier(handler_config, fetch=fetch_keys)
         app = create_app(handler_config, **kwargs)

@@ -22,13 +22,13 @@ import httpx2
 import pytest
 import uvicorn
 
+from handler.orders import OrderRequest
 from tasklane.core import environment
 from tasklane.core.logs import StructuredLog
 from tasklane.core.task_context import TaskContext
 from tasklane.handler.actions import ActionLog, ActionRegistry
 from tasklane.handler.app import create_app
 from tasklane.handler.config import ConfigError, HandlerConfig
-from tasklane.handler.orders import OrderRequest
 from tasklane.handler.server import protocol_with_deadlines
 from tests.handler.conftest import RecordedLog, RecordingSink, make_config
 from tests.helpers import free_port, wait_for

@@ -18,14 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from handler.orders import OrderRequest
 from tasklane.core.logs import StructuredLog
 from tasklane.core.task_context import TaskContext
-from tasklane.handler import app as app_module
 from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
 from tasklane.handler.app import create_app
 from tasklane.handler.config import MAX_BODY_BYTES
 from tasklane.handler.idempotency import Claim
-from tasklane.handler.orders import OrderRequest, decode_order
+from tasklane.handler.payloads import PayloadError, PayloadType
+from tasklane.handler.task_routes import from_envelope
 from tests.handler.conftest import HandlerUnderTest, RecordedLog, RecordingSink, make_config, task_headers
 
 MAX_ATTEMPTS = 3
@@ -109,17 +110,31 @@ def test_the_same_body_called_directly_is_a_400_and_not_dead_lettered(failing: H
 def test_deep_nesting_is_refused_with_a_reason_never_raised(depth: int) -> None:
     for body in (b"[" * depth + b"]" * depth, b'{"orderId": "o", "action": "w", "x": ' + b"[" * depth
                  + b"]" * depth + b"}", b'{"a":' * depth + b"1" + b"}" * depth):
-        assert isinstance(decode_order(body), OrderRequest | str)
+        assert isinstance(refusal(body), str)
+        assert isinstance(refusal(body, route_of="work"), str)
+
+
+def refusal(body: bytes, route_of: str | None = None) -> OrderRequest | str:
+    """What /process-order (or, given an action, /tasks/<action>) makes of `body`: a payload or a reason."""
+    try:
+        if route_of is not None:
+            return PayloadType(OrderRequest).decode(body)
+        return from_envelope(failing_actions(), {}, body).payload  # type: ignore[no-any-return]
+    except PayloadError as error:
+        return str(error)
 
 
 def test_the_reasons_say_what_was_wrong() -> None:
-    reason = decode_order(HOSTILE_BODIES["invalid UTF-8 inside orderId"])
+    reason = refusal(HOSTILE_BODIES["invalid UTF-8 inside orderId"])
     assert reason == "body is not JSON: it is not UTF-8 (invalid start byte at byte 13)"
     # Whether msgspec runs out of recursion first depends on the interpreter's limit (other libraries raise
     # it), so either refusal may come; what matters is that it is a refusal, never a crash or an order.
-    deep = decode_order(HOSTILE_BODIES["objects nested 1,000 deep"])
+    deep = refusal(HOSTILE_BODIES["objects nested 1,000 deep"])
     assert isinstance(deep, str)
-    assert "nested too deeply" in deep or "missing required field `orderId`" in deep
+    assert "nested too deeply" in deep or "missing required field `action`" in deep
+    deep = refusal(HOSTILE_BODIES["objects nested 1,000 deep"], route_of="work")
+    assert isinstance(deep, str)
+    assert "nested too deeply" in deep or "unknown field `a`" in deep
 
 
 @pytest.mark.parametrize("action, status", [("work", 503), ("crash", 500)])
@@ -171,10 +186,10 @@ def test_a_bug_outside_the_action_answers_500_and_is_dead_lettered_on_the_final_
                                    KeyError("decoder bug")])
 def test_a_decoder_crash_is_dead_lettered_on_the_final_attempt(
         failing: HandlerUnderTest, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
-    def crash(body: bytes) -> OrderRequest | str:
+    def crash(self: PayloadType[Any], body: bytes) -> Any:
         raise error
 
-    monkeypatch.setattr(app_module, "decode_order", crash)
+    monkeypatch.setattr(PayloadType, "decode", crash)
     body = b'{"orderId": "o", "action": "work"}'
     assert post(failing, body, task_headers("t-dec", 0)).status_code == 500
     assert failing.sink.letters == []

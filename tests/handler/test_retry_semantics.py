@@ -15,12 +15,13 @@ from typing import Any
 import httpx2
 import pytest
 
+from handler.order_actions import service_actions
+from handler.orders import OrderRequest
 from tasklane.core.logs import StructuredLog
 from tasklane.core.task_context import TaskContext
 from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
 from tasklane.handler.app import create_app
 from tasklane.handler.config import MAX_BODY_BYTES
-from tasklane.handler.orders import OrderRequest
 from tests.handler.conftest import HandlerUnderTest, RecordedLog, RecordingSink, make_config, task_headers
 
 VALID = {"orderId": "order-42", "action": "update_inventory"}
@@ -28,7 +29,9 @@ VALID = {"orderId": "order-42", "action": "update_inventory"}
 POISON: dict[str, tuple[bytes, str, int]] = {
     # name: (body, fragment of the reason, status for a direct call)
     "not JSON": (b"order 42 please", "body is not JSON", 400),
-    "JSON but not an object": (b"[1, 2]", "invalid order: Expected `object`, got `array`", 400),
+    "JSON but not an object": (b"[1, 2]", "body is not a JSON object: Expected `object`, got `array`", 400),
+    "no action": (b'{"orderId": "o"}', "missing required field `action`; /process-order takes `action` (one of "
+                  + ", ".join(service_actions().names), 400),
     "missing orderId": (b'{"action": "update_inventory"}', "missing required field `orderId`", 400),
     "orderId not a string": (b'{"orderId": 42, "action": "update_inventory"}',
                              "Expected `str`, got `int` - at `$.orderId`", 400),
@@ -36,8 +39,9 @@ POISON: dict[str, tuple[bytes, str, int]] = {
     "malformed email": (b'{"orderId": "o", "action": "send_confirmation", "customerEmail": "nobody"}',
                         "at `$.customerEmail`", 400),
     "unknown action": (b'{"orderId": "o", "action": "refund"}',
-                       "unknown action 'refund'; known actions: notify_warehouse, send_confirmation, "
-                       "update_inventory", 400),
+                       f"unknown action 'refund'; known actions: {', '.join(service_actions().names)}", 400),
+    "unknown fields": (b'{"orderId": "o", "action": "update_inventory", "quantity": 2, "sku": "S"}',
+                       "unknown fields `quantity`, `sku`; OrderRequest takes orderId (required), customerEmail", 400),
     "action refuses the order": (b'{"orderId": "o", "action": "send_confirmation"}',
                                  "send_confirmation: send_confirmation needs customerEmail", 400),
     "body over the task size limit": (b'{"orderId": "' + b"x" * MAX_BODY_BYTES + b'"}',

@@ -143,37 +143,59 @@ def emulator(installed: Installed) -> Iterator[tuple[str, str]]:
     process.wait(timeout=10)
 
 
-CUSTOM_SERVICE = '''
-    """An application's own task handler: one typed action on the installed framework."""
-    from tasklane.handler.actions import ActionLog, ActionRegistry
-    from tasklane.handler.app import create_app
+CUSTOM_ACTIONS = '''
+    """An application's own action, typed: the registry module stays light (no web framework imported)."""
+    from dataclasses import dataclass
+
     from tasklane.core.task_context import TaskContext
+    from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
 
     actions = ActionRegistry()
 
 
-    @actions.register("greet")
-    async def greet(order, task: TaskContext, log: ActionLog) -> None:
-        log.event("greeted", event="greeted", order_id=order.order_id, task_name=task.task_name)
+    @dataclass(frozen=True)
+    class Greeting:
+        name: str
+        times: int = 1
 
+
+    @actions.register("greet")
+    async def greet(greeting: Greeting, task: TaskContext, log: ActionLog) -> None:
+        if greeting.name == "later" and task.retry_count == 0:
+            raise RetryableError("not yet", retry_after=1)
+        log.event("greeted", event="greeted", greeted=greeting.name, times=greeting.times, task_name=task.task_name)
+'''
+
+CUSTOM_SERVICE = '''
+    from my_actions import actions
+    from tasklane.handler.app import create_app
 
     app = create_app(actions=actions)
 '''
 
 ENQUEUE = '''
-    import sys
+    import json, sys
     from tasklane.producer import ProducerConfig, TaskProducer
+    from tasklane.producer.producer import InvalidTask
 
     config = ProducerConfig(queue_path=sys.argv[1], service_url=sys.argv[2], invoker_service_account=sys.argv[3],
-                            task_audience=sys.argv[2], emulator_host=sys.argv[4])
-    enqueued = TaskProducer(config, actions=["greet"]).enqueue("greet", {"orderId": "o-42"})
-    print(enqueued.task_name)
+                            task_audience=sys.argv[2], emulator_host=sys.argv[4], actions="my_actions:actions")
+    producer = TaskProducer(config)
+    refused = []
+    for bad in ({"name": "ada", "tims": 2}, {"name": 7}):  # checked against Greeting before any API call
+        try:
+            producer.enqueue("greet", bad)
+        except InvalidTask as error:
+            refused.append(str(error))
+    names = [producer.enqueue("greet", {"name": name, "times": 2}).task_name for name in ("ada", "later")]
+    print(json.dumps({"refused": refused, "tasks": names}))
 '''
 
 
-def test_an_application_enqueues_to_the_installed_emulator_and_its_own_action_runs_on_the_installed_framework(
+def test_an_application_enqueues_to_the_installed_emulator_and_its_own_typed_action_runs_on_the_installed_framework(
         installed: Installed, emulator: tuple[str, str]) -> None:
     grpc_address, emulator_url = emulator
+    (installed.workdir / "my_actions.py").write_text(textwrap.dedent(CUSTOM_ACTIONS))
     (installed.workdir / "my_service.py").write_text(textwrap.dedent(CUSTOM_SERVICE))
     (installed.workdir / "enqueue.py").write_text(textwrap.dedent(ENQUEUE))
     port = free_port()
@@ -185,27 +207,32 @@ def test_an_application_enqueues_to_the_installed_emulator_and_its_own_action_ru
         TASKLANE_TOKEN_ISSUERS=emulator_url, TASKLANE_TOKEN_CERTS_URL=f"{emulator_url}/oauth2/v1/certs")
     try:
         wait_for_http(f"{service_url}/", handler)
+        schema = json.loads(urllib.request.urlopen(f"{service_url}/openapi.json", timeout=5).read())  # noqa: S310
+        assert "/tasks/greet" in schema["paths"]
         enqueued = installed.run(str(installed.venv / "bin" / "python"), "enqueue.py", QUEUE, service_url, INVOKER,
-                                 grpc_address)
+                                 grpc_address, PYTHONPATH=str(installed.workdir))
         assert enqueued.returncode == 0, enqueued.stderr
-        task_name = enqueued.stdout.strip()
-        assert task_name.startswith(f"{QUEUE}/tasks/")
+        answer = json.loads(enqueued.stdout)
+        assert "unknown field `tims`" in answer["refused"][0], answer
+        assert "Expected `str`, got `int` - at `$.name`" in answer["refused"][1], answer
+        ada, later = answer["tasks"]
+        assert ada.startswith(f"{QUEUE}/tasks/")
 
-        attempts = wait_for_attempt(emulator_url, task_name)
-        assert attempts[-1]["status"] == 200, attempts
-        listed = installed.run(str(installed.venv / "bin" / "tasklane"), "show", task_name.rsplit("/", 1)[1],
-                               CLOUD_TASKS_EMULATOR_HOST=grpc_address, TASKLANE_QUEUE_PATH=QUEUE,
-                               TASKLANE_SERVICE_URL=service_url, TASKLANE_INVOKER_SERVICE_ACCOUNT=INVOKER,
-                               TASKLANE_TASK_AUDIENCE=service_url, TASKLANE_EMULATOR_HTTP_URL=emulator_url)
-        assert listed.returncode == 0, listed.stderr
-        assert "finished" in listed.stdout, listed.stdout
+        assert [a["status"] for a in wait_for_attempts(emulator_url, ada, 1)] == [200]
+        assert [a["status"] for a in wait_for_attempts(emulator_url, later, 2)] == [503, 200], "retried once"
+        shown = installed.run(str(installed.venv / "bin" / "tasklane"), "show", ada.rsplit("/", 1)[1],
+                              CLOUD_TASKS_EMULATOR_HOST=grpc_address, TASKLANE_QUEUE_PATH=QUEUE,
+                              TASKLANE_SERVICE_URL=service_url, TASKLANE_INVOKER_SERVICE_ACCOUNT=INVOKER,
+                              TASKLANE_TASK_AUDIENCE=service_url, TASKLANE_EMULATOR_HTTP_URL=emulator_url)
+        assert shown.returncode == 0, shown.stderr
+        assert "finished" in shown.stdout, shown.stdout
     finally:
         handler.terminate()
         output, _ = handler.communicate(timeout=10)
     entries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    [greeted] = [entry for entry in entries if entry.get("event") == "greeted"]
-    assert greeted["order_id"] == "o-42"
-    assert greeted["task_name"] == task_name.rsplit("/", 1)[1]
+    greeted = {entry["task_name"]: entry for entry in entries if entry.get("event") == "greeted"}
+    assert greeted[ada.rsplit("/", 1)[1]]["greeted"] == "ada" and greeted[ada.rsplit("/", 1)[1]]["times"] == 2
+    assert greeted[later.rsplit("/", 1)[1]]["greeted"] == "later"
 
 
 def wait_for_http(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -221,25 +248,28 @@ def wait_for_http(url: str, process: subprocess.Popen[str], timeout: float = 30)
             time.sleep(0.05)
 
 
-def wait_for_attempt(emulator_url: str, task_name: str, timeout: float = 30) -> list[dict[str, Any]]:
+def wait_for_attempts(emulator_url: str, task_name: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """The task's attempts once `count` of them have finished."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"{emulator_url}/v1/attempts?task={task_name}", timeout=5) as response:  # noqa: S310
             attempts: list[dict[str, Any]] = json.loads(response.read())["attempts"]
-        if attempts and attempts[-1]["outcome"] != "in_flight":
+        if len(attempts) == count and attempts[-1]["outcome"] != "in_flight":
             return attempts
         time.sleep(0.05)
-    raise AssertionError(f"no finished attempt of {task_name}")
+    raise AssertionError(f"{task_name}: not {count} finished attempts")
 
 
 THROWAWAY_TESTS = '''
+    import time
+
     import pytest
 
 
     def test_a_task_is_created_in_the_fixtures_emulator(cloud_tasks_emulator):
         queue = cloud_tasks_emulator.queue("emails", rate_limits={"max_dispatches_per_second": 1})
         client = cloud_tasks_emulator.client()
-        client.create_task(parent=queue, task={"schedule_time": {"seconds": 4_000_000_000},
+        client.create_task(parent=queue, task={"schedule_time": {"seconds": int(time.time()) + 86_400},
                                                "http_request": {"url": "http://127.0.0.1:9/send"}})
         [task] = cloud_tasks_emulator.tasks(queue)
         assert task.http_request.url == "http://127.0.0.1:9/send"

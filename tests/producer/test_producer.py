@@ -18,6 +18,7 @@ from google.api_core import exceptions as api_exceptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from handler.order_actions import service_actions
 from tasklane.emulator.testing import RunningEmulator
 from tasklane.producer import ProducerConfig, TaskProducer, TaskSpec
 from tasklane.producer.config import ConfigError
@@ -59,10 +60,10 @@ def test_a_task_is_an_authenticated_json_post_to_the_handler(producer: TaskProdu
     assert not result.already_enqueued
     task = producer.get_task(result.task_name)
     request = task.http_request
-    assert request.url == "https://tasklane-dev-x7k2q9p3ma-uc.a.run.app/process-order"
+    assert request.url == "https://tasklane-dev-x7k2q9p3ma-uc.a.run.app/tasks/update_inventory"
     assert request.http_method.name == "POST"
     assert request.headers["Content-Type"] == "application/json"
-    assert json.loads(request.body) == {"orderId": "o-1", "action": "update_inventory"}
+    assert json.loads(request.body) == {"orderId": "o-1"}, "the action's route names it: the body is the payload"
     assert request.oidc_token.service_account_email == OUTPUTS["invoker_service_account"]
     assert request.oidc_token.audience == OUTPUTS["task_audience"]
     assert task.dispatch_deadline.total_seconds() == 300
@@ -94,7 +95,17 @@ def _nested(depth: int) -> Any:
 
 
 BAD_INPUT: dict[str, tuple[dict[str, Any], str]] = {
-    "unknown action": ({"action": "refund"}, "unknown action 'refund'; known actions: notify_warehouse"),
+    "unknown action": ({"action": "refund"}, f"unknown action 'refund'; known actions: "
+                                             f"{', '.join(service_actions().names)}"),
+    "unknown payload field": ({"payload": {"orderId": "o", "quantity": 2}},
+                              "update_inventory: invalid OrderRequest: unknown field `quantity`; OrderRequest takes "
+                              "orderId (required), customerEmail"),
+    "missing payload field": ({"payload": {"customerEmail": "ada@example.com"}},
+                              "missing required field `orderId`"),
+    "payload field of the wrong type": ({"payload": {"orderId": 42}}, "Expected `str`, got `int` - at `$.orderId`"),
+    "payload of another type": ({"payload": datetime.date(2030, 1, 1)},
+                                "payload must be a mapping or an instance of OrderRequest, got date"),
+    "idempotency key too long": ({"idempotency_key": "k" * 501}, "idempotency_key must be a string of 1-500"),
     "payload over 1 MiB": ({"payload": {"orderId": "x" * 1_100_000}}, "a task holds at most"),
     "negative delay": ({"delay": -5}, "delay -5s is negative"),
     "beyond 30 days": ({"delay": 31 * 86400}, "more than 30 days ahead"),
@@ -299,7 +310,7 @@ JSON_LIKE = st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
                          max_leaves=8)
 SPECS = st.builds(
     TaskSpec,
-    action=st.sampled_from(["update_inventory", "notify_warehouse", "refund", ""]) | ANY_VALUE,
+    action=st.sampled_from([*service_actions().names, "not_registered", ""]) | ANY_VALUE,
     payload=st.dictionaries(st.text(max_size=8), JSON_LIKE, max_size=4) | ANY_VALUE,
     task_id=st.none() | st.from_regex(r"[A-Za-z0-9_-]{1,20}\n?", fullmatch=True) | st.text(max_size=10) | ANY_VALUE,
     dedup_key=st.none() | st.text(max_size=10) | ANY_VALUE,
@@ -324,8 +335,11 @@ def test_any_task_spec_is_built_valid_or_refused_as_invalid_task(spec: TaskSpec,
         return
     body = task["http_request"]["body"]
     assert len(body) <= MAX_BODY_BYTES
-    decoded = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)  # strict JSON: no NaN/Infinity
-    assert decoded["action"] == spec.action
+    json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)  # strict JSON: no NaN/Infinity
+    assert task["http_request"]["url"].endswith(f"/tasks/{spec.action}")
+    action = producer.registry.get(spec.action) if producer.registry is not None else None
+    assert action is not None, "only a registered action is built"
+    action.payload.decode(body)  # and the handler accepts its payload
     if "name" in task:
         assert re.fullmatch(r"[A-Za-z0-9_-]{1,500}", task["name"].rsplit("/tasks/", 1)[1])
     if "schedule_time" in task:

@@ -82,6 +82,11 @@ def shown_headers(headers: dict[str, str]) -> tuple[dict[str, str], dict[str, An
     return shown, claims
 
 
+# The handler's header for a task's own idempotency key (handler/wire.py; a test keeps the two equal): the
+# emulator stands alone, so it names it rather than importing the handler.
+IDEMPOTENCY_KEY_HEADER = "X-Tasklane-Idempotency-Key"
+
+
 def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
     """A replay's body: a new `idempotencyKey` if it held one (the old key is done and would make the replay a
     duplicate), as `tasklane dead-letters replay` does."""
@@ -91,9 +96,12 @@ def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
         return body, None
     if not isinstance(order, dict) or not isinstance(order.get("idempotencyKey"), str):
         return body, None
-    base = order["idempotencyKey"].split("~replay-")[0][:480]
-    order["idempotencyKey"] = key = f"{base}~replay-{secrets.token_hex(4)}"
+    order["idempotencyKey"] = key = fresh_key(order["idempotencyKey"])
     return json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode(), key
+
+
+def fresh_key(key: str) -> str:
+    return f"{key.split('~replay-')[0][:480]}~replay-{secrets.token_hex(4)}"
 
 
 @dataclass
@@ -298,6 +306,10 @@ class Console:
         content_type = next((v for k, v in letter.headers.items() if k.lower() == "content-type"),
                             "application/json")
         http.headers["Content-Type"] = content_type
+        header_key = next((v for k, v in letter.headers.items() if k.lower() == IDEMPOTENCY_KEY_HEADER.lower()),
+                          None)
+        if header_key is not None:  # a typed route's own key: done, so the replay needs a new one too
+            http.headers[IDEMPOTENCY_KEY_HEADER] = key = fresh_key(header_key)
         if email:
             http.oidc_token.service_account_email = email
             http.oidc_token.audience = audience or url

@@ -13,8 +13,12 @@ happen next:
 | same task running in another delivery       | 409, Retry-After                  | 409             |
 | token missing, invalid or for someone else  | 401 / 403, never dead-lettered    | 401 / 403       |
 
-(*) a body that is not a valid order, whatever its bytes (not UTF-8, not JSON, nested too deeply, the
-wrong fields); an unknown action; a body over the task size limit (413); an action's RejectTask.
+(*) a body that is not a valid payload for its action, whatever its bytes (not UTF-8, not JSON, nested too
+deeply, missing, invalid or unknown fields); an unknown action; a body over the task size limit (413); an
+action's RejectTask.
+
+Routes: `POST /tasks/<action>` for every action, and the tutorial's `POST /process-order` naming its
+action in the body (handler/task_routes.py); `GET /openapi.json` describes both, with every payload's schema.
 
 A failure on the final attempt is dead-lettered before answering, because Cloud Tasks then drops it:
 whatever failed, the action, the decoder or the handler itself.
@@ -27,7 +31,7 @@ import contextlib
 import gc
 import math
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,21 +45,26 @@ from starlette.routing import Route
 from tasklane.core.dead_letter import DeadLetter, DeadLetterSink, LogDeadLetterSink
 from tasklane.core.logs import StructuredLog
 from tasklane.core.task_context import TaskContext
+from tasklane.core.wire import ENVELOPE_ROUTE, TASKS_ROUTE
 from tasklane.handler.actions import ActionLog, ActionRegistry, RejectTask, RetryableError
 from tasklane.handler.auth import AuthError, TokenVerifier
 from tasklane.handler.config import HandlerConfig, TokenCheck
 from tasklane.handler.delivery_check import with_delivery_check
 from tasklane.handler.idempotency import Claim, IdempotencyStore, InProcessIdempotencyStore
 from tasklane.handler.openapi import openapi_document
-from tasklane.handler.orders import decode_order
+from tasklane.handler.payloads import PayloadError
 from tasklane.handler.task_operations import ROUTE as TASK_OPERATIONS_ROUTE
 from tasklane.handler.task_operations import TaskOperationsRoute
+from tasklane.handler.task_routes import Delivery, from_envelope, from_task_route
 from tasklane.handler.tracing import TRACER_NAME, Tracing, tracer_provider
 
 TRACE_HEADER = "x-cloud-trace-context"
 IN_PROGRESS_RETRY_AFTER_SECONDS = 10
 
 _encode = msgspec.json.Encoder().encode
+
+Resolve = Callable[[Request, bytes], Delivery]
+"""What a route makes of a delivery's request and body, or PayloadError."""
 
 
 def _json(status: int, content: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Response:
@@ -83,16 +92,26 @@ class TaskHandler:
         self.idempotency = idempotency
         self.verifier = verifier
 
+    async def process_task(self, request: Request) -> Response:
+        """`POST /tasks/<action>`: the body is that action's payload."""
+        return await self._handle(request, lambda request, body: from_task_route(
+            self.actions, request.path_params["action"], request.headers, body))
+
     async def process_order(self, request: Request) -> Response:
+        """`POST /process-order`: the body names its action beside the payload's fields."""
+        return await self._handle(request, lambda request, body: from_envelope(self.actions, request.headers, body))
+
+    async def _handle(self, request: Request, resolve: Resolve) -> Response:
         headers = request.headers
         task = TaskContext.from_headers(headers)
         with self.tracing.attempt(headers, task) as trace:
-            return await self._process_traced(request, task, trace)
+            return await self._process_traced(request, task, trace, resolve)
 
-    async def _process_traced(self, request: Request, task: TaskContext, trace: str | None) -> Response:
+    async def _process_traced(self, request: Request, task: TaskContext, trace: str | None,
+                              resolve: Resolve) -> Response:
         received = _Received()
         try:
-            return await self._process(request, task, trace, received)
+            return await self._process(request, task, trace, received, resolve)
         except ClientDisconnect:
             # Nobody hears this answer; on the final attempt the task would vanish, so keep it.
             self.log.emit("WARNING", f"task {task.task_name}: the caller left before its body arrived", task=task,
@@ -107,7 +126,7 @@ class TaskHandler:
                                     f"the handler raised {type(error).__name__}: {error}")
 
     async def _process(self, request: Request, task: TaskContext, trace: str | None,
-                       received: _Received) -> Response:
+                       received: _Received, resolve: Resolve) -> Response:
         headers = request.headers
         if self.verifier is not None:
             try:
@@ -130,15 +149,14 @@ class TaskHandler:
         if too_large:
             reason = f"body is larger than the {self.config.max_body_bytes} bytes a task can carry"
             return await self._reject(request, task, trace, body, reason, direct_status=413)
-        order = decode_order(body)
-        if isinstance(order, str):
-            return await self._reject(request, task, trace, body, order)
-        action = self.actions.get(order.action)
-        if action is None:
-            reason = f"unknown action {order.action!r}; known actions: {', '.join(self.actions.names)}"
-            return await self._reject(request, task, trace, body, reason)
+        try:
+            delivery = resolve(request, body)
+        except PayloadError as refusal:
+            return await self._reject(request, task, trace, body, str(refusal))
+        action = delivery.action
+        name = action.name
 
-        key = order.idempotency_key or (f"{task.queue_name}/{task.task_name}" if task.task_name else None)
+        key = delivery.idempotency_key or (f"{task.queue_name}/{task.task_name}" if task.task_name else None)
         if key is not None:
             claim = await self.idempotency.begin(key)
             if claim is Claim.ALREADY_DONE:
@@ -150,22 +168,22 @@ class TaskHandler:
                              {"Retry-After": str(IN_PROGRESS_RETRY_AFTER_SECONDS)})
 
         try:
-            with self.tracing.action(order.action, trace) as action_trace:
-                await action(order, task, ActionLog(self.log, task, action_trace))
+            with self.tracing.action(name, trace) as action_trace:
+                await action(delivery.payload, task, ActionLog(self.log, task, action_trace))
         except RejectTask as rejection:
-            return await self._reject(request, task, trace, body, f"{order.action}: {rejection}", key=key)
+            return await self._reject(request, task, trace, body, f"{name}: {rejection}", key=key)
         except RetryableError as failure:
             await self._release(key)
-            self.log.emit("WARNING", f"{order.action} failed transiently: {failure}", task=task, trace_header=trace)
+            self.log.emit("WARNING", f"{name} failed transiently: {failure}", task=task, trace_header=trace)
             retry_after = {} if failure.retry_after is None else {
                 "Retry-After": str(max(0, math.ceil(failure.retry_after)))}
             return await self._fail(request, task, body, 503, {"status": "retry", "reason": str(failure)},
-                                    retry_after, f"{order.action} failed transiently: {failure}")
+                                    retry_after, f"{name} failed transiently: {failure}")
         except Exception as error:  # noqa: BLE001 - any bug in an action must fail the attempt, not the process
             await self._release(key)
-            self.log.exception(f"{order.action} raised {type(error).__name__}", error, task=task, trace_header=trace)
+            self.log.exception(f"{name} raised {type(error).__name__}", error, task=task, trace_header=trace)
             return await self._fail(request, task, body, 500, {"status": "error", "reason": type(error).__name__},
-                                    {}, f"{order.action} raised {type(error).__name__}: {error}")
+                                    {}, f"{name} raised {type(error).__name__}: {error}")
         if key is not None:
             await self.idempotency.succeeded(key)
         return _json(200, {"status": "done"})
@@ -258,7 +276,7 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
                push_verifier: TokenVerifier | None = None, tracer: otel_trace.Tracer | None = None) -> Starlette:
     """The application, with every collaborator replaceable (tests, other stores and sinks)."""
     config = config or HandlerConfig.from_environment()
-    actions = with_delivery_check(actions or ActionRegistry())
+    actions = with_delivery_check(actions if actions is not None else ActionRegistry())
     log = log or StructuredLog(project_id=config.project_id)
     if verifier is None and config.token_check is not TokenCheck.OFF:
         verifier = TokenVerifier(config)
@@ -281,7 +299,7 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
 
     async def openapi(request: Request) -> Response:
         if not schema:
-            schema.append(_encode(openapi_document(actions.names)))
+            schema.append(_encode(openapi_document(actions)))
         return Response(schema[0], media_type="application/json")
 
     @contextlib.asynccontextmanager
@@ -299,7 +317,9 @@ def create_app(config: HandlerConfig | None = None, *, actions: ActionRegistry |
     return Starlette(routes=[
         Route("/", health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/process-order", handler.process_order, methods=["POST"]),
+        Route(ENVELOPE_ROUTE, handler.process_order, methods=["POST"]),
+        # Any path below /tasks/, so a task for an unknown action is refused as poison, not left to a 404.
+        Route(TASKS_ROUTE + "{action:path}", handler.process_task, methods=["POST"]),
         Route(TASK_OPERATIONS_ROUTE, task_operations.handle, methods=["POST"]),
     ], lifespan=lifespan)
 

@@ -1,6 +1,6 @@
 """`tasklane`: create and inspect Tasklane tasks from the command line.
 
-    tasklane enqueue update_inventory --payload '{"orderId": "o-1"}'
+    tasklane enqueue update_inventory --payload '{"orderId": "o-1"}'   # POSTed to /tasks/update_inventory
     tasklane enqueue-file orders.jsonl        # one {"action", "payload", ...} per line
     tasklane list [--limit N]                 # every task, fetched in pages
     tasklane show TASK_ID                     # enum names, the body decoded; how a finished one ended
@@ -10,12 +10,15 @@
 Where tasks go comes from --stack (runs `pulumi stack output`), --outputs (that JSON saved to a file),
 or the TASKLANE_* environment variables; CLOUD_TASKS_EMULATOR_HOST points it at the local emulator, and
 FIRESTORE_EMULATOR_HOST the dead-letter commands at Google's Firestore emulator (see tasklane/producer/dead_letters.py).
+Payloads are checked against the action registry before any API call: --actions MODULE:ATTRIBUTE (or
+TASKLANE_ACTIONS), by default the bundled service's when it can be imported (see tasklane/producer/registry.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import os
 import sys
@@ -41,6 +44,11 @@ class Unreachable(Exception):
 
 
 def _config(args: argparse.Namespace) -> ProducerConfig:
+    config = _where(args)
+    return dataclasses.replace(config, actions=args.actions) if args.actions else config
+
+
+def _where(args: argparse.Namespace) -> ProducerConfig:
     if args.stack:
         return ProducerConfig.from_pulumi_stack(args.stack)
     if args.outputs:
@@ -93,10 +101,10 @@ def spec_from_line(line: str, number: int) -> TaskSpec:
         raise InvalidTask(f"line {number}: not JSON: {error}") from None
     if not isinstance(item, dict) or not isinstance(item.get("action"), str):
         raise InvalidTask(f"line {number}: expected {{\"action\": str, \"payload\": {{...}}, \"dedupKey\"?, "
-                          "\"taskId\"?, \"delay\"?}")
+                          "\"taskId\"?, \"delay\"?, \"idempotencyKey\"?}")
     payload = item.get("payload")
     return TaskSpec(action=item["action"], payload={} if payload is None else payload, task_id=item.get("taskId"),
-                    dedup_key=item.get("dedupKey"), delay=item.get("delay"))
+                    dedup_key=item.get("dedupKey"), delay=item.get("delay"), idempotency_key=item.get("idempotencyKey"))
 
 
 EMULATOR_HTTP_URL = "TASKLANE_EMULATOR_HTTP_URL"
@@ -160,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--stack", help="read the stack's outputs with `pulumi stack output --json --stack STACK`")
     source.add_argument("--outputs", help="a file holding `pulumi stack output --json`")
+    parser.add_argument("--actions", metavar="MODULE:ATTRIBUTE",
+                        help="the action registry payloads are checked against (default: $TASKLANE_ACTIONS, else "
+                             "the bundled service's when importable)")
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("enqueue", help="create one task")
     one.add_argument("action")
@@ -167,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--dedup-key", help="the same key never creates a second task (while its name is reserved)")
     one.add_argument("--task-id")
     one.add_argument("--delay", type=float, help="seconds from now")
+    one.add_argument("--idempotency-key", help="the handler runs the action at most once per key "
+                                               "(default: once per task name)")
     many = commands.add_parser("enqueue-file", help="create a task per line of a JSONL file, with progress")
     many.add_argument("file", type=Path)
     many.add_argument("--concurrency", type=int, default=64)
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         producer = TaskProducer(config)
         if args.command == "enqueue":
             result = producer.enqueue(args.action, args.payload, task_id=args.task_id, dedup_key=args.dedup_key,
-                                      delay=args.delay)
+                                      delay=args.delay, idempotency_key=args.idempotency_key)
             print(f"{'already enqueued' if result.already_enqueued else 'enqueued'}: {result.task_name}")
         elif args.command == "enqueue-file":
             return _enqueue_file(producer, args.file, args.concurrency)

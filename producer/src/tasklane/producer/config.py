@@ -6,7 +6,9 @@ Sources, all giving the same `ProducerConfig`:
 - `from_pulumi_stack(name)`: runs `pulumi stack output --json --stack NAME`;
 - `from_environment()`: TASKLANE_QUEUE_PATH, TASKLANE_SERVICE_URL, TASKLANE_INVOKER_SERVICE_ACCOUNT,
   TASKLANE_TASK_AUDIENCE and optionally TASKLANE_TASK_DISPATCH_DEADLINE and TASKLANE_FIRESTORE_DATABASE.
-With CLOUD_TASKS_EMULATOR_HOST set, the producer talks to that local emulator instead of Google.
+With CLOUD_TASKS_EMULATOR_HOST set, the producer talks to that local emulator instead of Google, and
+TASKLANE_ACTIONS (`module:attribute`) names the action registry payloads are checked against
+(producer/registry.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 EMULATOR_HOST = "CLOUD_TASKS_EMULATOR_HOST"
+ACTIONS = "TASKLANE_ACTIONS"
 # Always fullmatch: `$` would let a final newline through.
 QUEUE_PATH = re.compile(r"projects/[A-Za-z0-9\-:.]+/locations/[A-Za-z0-9-]+/queues/[A-Za-z0-9-]{1,100}")
 ENVIRONMENT_KEYS = {
@@ -58,6 +61,8 @@ class ProducerConfig:
     emulator_host: str | None = None
     firestore_database: str | None = None
     """The stack's Firestore database (output firestore_database), where dead letters are kept."""
+    actions: str | None = None
+    """Import path (`module:attribute`) of the action registry to check payloads against; None: the default."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,7 +99,7 @@ class ProducerConfig:
         return cls(queue_path=outputs["queue_path"], service_url=outputs["service_url"],
                    invoker_service_account=outputs["invoker_service_account"], task_audience=outputs["task_audience"],
                    dispatch_deadline_seconds=_seconds(str(deadline)) if deadline else DEFAULT_DEADLINE_SECONDS,
-                   emulator_host=env.get(EMULATOR_HOST) or None,
+                   emulator_host=env.get(EMULATOR_HOST) or None, actions=env.get(ACTIONS) or None,
                    firestore_database=str(outputs.get("firestore_database") or "") or None)
 
     @classmethod

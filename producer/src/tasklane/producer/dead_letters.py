@@ -6,9 +6,10 @@ Where the letters are:
   the client at Google's Firestore emulator, as `make local` does;
 - with --dir (or TASKLANE_DEAD_LETTER_DIR): the files `make local` keeps when the Firestore emulator is absent.
 
-`replay` needs the queue (the same configuration as `enqueue`): it creates a new task with a fresh name and the
-letter's body, a new `idempotencyKey` in it when it had one (the old key is done, and would make the replay
-a duplicate), and records the replay on the letter.
+`replay` needs the queue (the same configuration as `enqueue`): it creates a new task with a fresh name, the
+letter's route and body, and a new idempotency key where it had its own (`idempotencyKey` in the body, or
+the X-Tasklane-Idempotency-Key header; the old key is done, and would make the replay a duplicate), and
+records the replay on the letter.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from typing import Any
 
 from tasklane.core.dead_letter_store import KINDS, DeadLetterStore, FileDeadLetterStore, Replay, StoredLetter
 from tasklane.core.environment import DEAD_LETTER_DIR, FIRESTORE_DATABASE
+from tasklane.core.wire import IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY
 from tasklane.producer.config import ProducerConfig
 from tasklane.producer.producer import InvalidTask, TaskProducer
 
 FIRESTORE_EMULATOR_HOST = "FIRESTORE_EMULATOR_HOST"
-MAX_IDEMPOTENCY_KEY = 500
 REPLAY_SUFFIX = re.compile(r"~replay-[0-9a-f]{8}$")
 AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -143,9 +144,14 @@ async def _command(args: argparse.Namespace, store: DeadLetterStore, config: Cal
             body, key = with_fresh_key(letter.body)
             content_type = next((v for k, v in letter.headers.items() if k.lower() == "content-type"),
                                 "application/json")
+            header_key = next((v for k, v in letter.headers.items() if k.lower() == IDEMPOTENCY_KEY_HEADER.lower()),
+                              None)
+            headers = {}
+            if header_key is not None:  # a typed route's own key: done, so the replay needs a new one too
+                headers[IDEMPOTENCY_KEY_HEADER] = key = fresh_key(header_key)
             try:
                 created = await asyncio.to_thread(producer.enqueue_body, body, content_type=content_type,
-                                                  route=letter.path)
+                                                  route=letter.path, headers=headers)
             except InvalidTask as error:
                 raise DeadLetterError(f"letter {letter.id}: {error}") from None
             await store.record_replay(letter.id, Replay(datetime.datetime.now(datetime.UTC), created.task_name, key))
@@ -186,9 +192,14 @@ def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
         return body, None
     if not isinstance(order, dict) or not isinstance(order.get("idempotencyKey"), str):
         return body, None
-    base = REPLAY_SUFFIX.sub("", order["idempotencyKey"])[:MAX_IDEMPOTENCY_KEY - 16]
-    order["idempotencyKey"] = key = f"{base}~replay-{secrets.token_hex(4)}"
+    order["idempotencyKey"] = key = fresh_key(order["idempotencyKey"])
     return json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode(), key
+
+
+def fresh_key(key: str) -> str:
+    """A new idempotency key for a replay of a task that had `key`: `KEY~replay-xxxxxxxx`."""
+    base = REPLAY_SUFFIX.sub("", key)[:MAX_IDEMPOTENCY_KEY - 16]
+    return f"{base}~replay-{secrets.token_hex(4)}"
 
 
 def _line(letter: StoredLetter) -> str:

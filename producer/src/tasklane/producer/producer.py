@@ -1,11 +1,13 @@
 """`TaskProducer`: create tasks for the deployed handler, one at a time or thousands at once.
 
-Every task is an authenticated POST of a JSON body to the handler: the OIDC token is signed as the
-invoker account for the stack's audience, and the body's Content-Type is set (Cloud Tasks sets none).
-Bad input is refused before any API call. Facts used: ../shared/reference/cloud-tasks-behaviour.md
-§4.1 (task IDs), §4.3 and §6.6 (30 days ahead at most), §4.5 (deadline range), §5.1 and §5.5
-(ALREADY_EXISTS; hashed IDs, because sequential ones slow Cloud Tasks down), §6.1 (1 MiB), §9.1/§13.1
-(the two producer permissions).
+Every task is an authenticated POST of its action's payload, as JSON, to that action's route on the
+handler (`/tasks/<action>`): the OIDC token is signed as the invoker account for the stack's audience, and
+the body's Content-Type is set (Cloud Tasks sets none). Bad input is refused before any API call, the
+payload included when the action registry can be imported (producer/registry.py): it is checked by the
+same decoder the handler runs, so the handler never refuses a task the producer made for its payload.
+Facts used: ../shared/reference/cloud-tasks-behaviour.md §4.1 (task IDs), §4.3 and §6.6 (30 days ahead at
+most), §4.5 (deadline range), §5.1 and §5.5 (ALREADY_EXISTS; hashed IDs, because sequential ones slow
+Cloud Tasks down), §6.1 (1 MiB), §9.1/§13.1 (the two producer permissions).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import grpc
 from google.api_core import exceptions as api_exceptions
@@ -31,8 +33,13 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import (
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from tasklane.core.verification import VERIFY_ACTION
+from tasklane.core.wire import ACTION_NAME_PATTERN, IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY, TASKS_ROUTE
 from tasklane.producer.config import ProducerConfig
+from tasklane.producer.registry import default_registry, load_registry
 from tasklane.producer.tracing import TRACEPARENT, current_traceparent
+
+if TYPE_CHECKING:
+    from tasklane.handler.actions import ActionRegistry, RegisteredAction
 
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")  # always fullmatch: `$` would let a final newline through
 MAX_BODY_BYTES = 1024 * 1024 - 16 * 1024  # the whole task must stay under 1 MiB; leave room for the rest
@@ -51,23 +58,20 @@ class ProducerError(RuntimeError):
     """The API refused the task for a reason the caller can act on (e.g. a missing role)."""
 
 
-def _default_actions() -> tuple[str, ...]:
-    from handler.order_actions import actions
-
-    return actions.names
-
-
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task to create: the action, its payload, and optional naming, timing and deadline."""
+    """One task to create: the action, its payload (a mapping, or an instance of the action's payload type),
+    and optional naming, idempotency key, timing and deadline."""
 
     action: str
-    payload: Mapping[str, Any] = field(default_factory=dict)
+    payload: Any = field(default_factory=dict)
     task_id: str | None = None
     dedup_key: str | None = None
     delay: float | datetime.timedelta | None = None
     at: datetime.datetime | None = None
     deadline: float | datetime.timedelta | None = None
+    idempotency_key: str | None = None
+    """The handler runs the action at most once per key (default: once per task name)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,36 @@ def _seconds(name: str, value: object) -> float:
     return seconds
 
 
+def _is_registry(actions: object) -> TypeGuard[ActionRegistry]:
+    try:
+        from tasklane.handler.actions import ActionRegistry
+    except ModuleNotFoundError:  # no handler framework beside the producer: these can only be names
+        return False
+    return isinstance(actions, ActionRegistry)
+
+
+def _within_limit(body: bytes) -> bytes:
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidTask(f"payload is {len(body)} bytes as JSON; a task holds at most {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def _json_object(payload: Mapping[Any, Any]) -> bytes:
+    """A mapping as compact JSON, or InvalidTask: NaN, Infinity and lone surrogates are not JSON, and the
+    handler would refuse the body as poison."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidTask("payload holds a string that is not valid Unicode (a lone surrogate)") from None
+    except ValueError as error:
+        if "Out of range float" in str(error):
+            raise InvalidTask("payload holds NaN or Infinity, which JSON cannot carry; send null or a "
+                              "string instead") from None
+        raise InvalidTask(f"payload is not JSON-serialisable: {error}") from None
+    except (TypeError, RecursionError) as error:
+        raise InvalidTask(f"payload is not JSON-serialisable: {error}") from None
+
+
 def explain_permission_denied(error: api_exceptions.PermissionDenied, config: ProducerConfig) -> ProducerError:
     message = str(error)
     if "actAs" in message:
@@ -131,13 +165,24 @@ def explain_permission_denied(error: api_exceptions.PermissionDenied, config: Pr
 
 
 class TaskProducer:
-    def __init__(self, config: ProducerConfig, *, actions: Iterable[str] | None = None,
+    def __init__(self, config: ProducerConfig, *, actions: ActionRegistry | Iterable[str] | None = None,
                  client: tasks_v2.CloudTasksClient | None = None,
                  clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)) -> None:
+        """`actions`: the registry to check actions and payloads against; or only the names of the actions
+        (payloads then unchecked); default: the registry `config.actions` names, else the bundled service's
+        if it can be imported, else none (any well-formed name, payloads unchecked)."""
         self.config = config
-        # Every handler also has the delivery check `make verify` sends.
-        self.actions = tuple(dict.fromkeys([*(actions if actions is not None else _default_actions()),
-                                            VERIFY_ACTION]))
+        self.registry: ActionRegistry | None = None
+        self.action_names: tuple[str, ...] | None = None
+        if actions is None:
+            self.registry = load_registry(config.actions) if config.actions else default_registry()
+        elif _is_registry(actions):
+            from tasklane.handler.delivery_check import with_delivery_check
+
+            self.registry = with_delivery_check(actions)
+        else:
+            # Every handler also has the delivery check `make verify` sends.
+            self.action_names = tuple(dict.fromkeys([*actions, VERIFY_ACTION]))
         self._clock = clock
         self._client = client or self._sync_client()
 
@@ -158,12 +203,7 @@ class TaskProducer:
 
     def build_task(self, spec: TaskSpec, *, name_if_unnamed: bool = False) -> dict[str, Any]:
         """The Task to create, or InvalidTask saying what is wrong, before any API call."""
-        if not isinstance(spec.action, str) or spec.action not in self.actions:
-            raise InvalidTask(f"unknown action {_show(spec.action)}; known actions: {', '.join(sorted(self.actions))}")
-        if not isinstance(spec.payload, Mapping):
-            raise InvalidTask(f"payload must be a mapping (a JSON object), got {type(spec.payload).__name__}")
-        if "action" in spec.payload and spec.payload["action"] != spec.action:
-            raise InvalidTask("the payload's 'action' differs from the action argument; leave it out")
+        action = self._action(spec.action)
         if spec.task_id is not None and spec.dedup_key is not None:
             raise InvalidTask("give task_id or dedup_key, not both")
         for name, value in (("task_id", spec.task_id), ("dedup_key", spec.dedup_key)):
@@ -181,27 +221,19 @@ class TaskProducer:
                               "1-500 characters")
         if task_id is None and name_if_unnamed:
             task_id = secrets.token_hex(16)  # named, so a retried create cannot make a second task
-        try:
-            # NaN, Infinity and lone surrogates are not JSON: the handler would refuse the body as poison.
-            body = json.dumps({**spec.payload, "action": spec.action}, separators=(",", ":"), allow_nan=False,
-                              ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            raise InvalidTask("payload holds a string that is not valid Unicode (a lone surrogate)") from None
-        except ValueError as error:
-            if "Out of range float" in str(error):
-                raise InvalidTask("payload holds NaN or Infinity, which JSON cannot carry; send null or a "
-                                  "string instead") from None
-            raise InvalidTask(f"payload is not JSON-serialisable: {error}") from None
-        except (TypeError, RecursionError) as error:
-            raise InvalidTask(f"payload is not JSON-serialisable: {error}") from None
-        if len(body) > MAX_BODY_BYTES:
-            raise InvalidTask(f"payload is {len(body)} bytes as JSON; a task holds at most {MAX_BODY_BYTES} bytes")
+        body = self._body(spec.payload, action)
+        headers = {"Content-Type": "application/json", TRACEPARENT: current_traceparent()}
+        if spec.idempotency_key is not None:
+            if not isinstance(spec.idempotency_key, str) or not 1 <= len(spec.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+                raise InvalidTask(f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY} characters, got "
+                                  f"{_show(spec.idempotency_key)}")
+            headers[IDEMPOTENCY_KEY_HEADER] = spec.idempotency_key
 
         task: dict[str, Any] = {"http_request": {
-            "url": self.config.task_url, "http_method": "POST", "headers": {"Content-Type": "application/json",
-                                                                             TRACEPARENT: current_traceparent()},
-            "body": body, "oidc_token": {"service_account_email": self.config.invoker_service_account,
-                                         "audience": self.config.task_audience}}}
+            "url": self.config.service_url.rstrip("/") + TASKS_ROUTE + spec.action, "http_method": "POST",
+            "headers": headers, "body": body,
+            "oidc_token": {"service_account_email": self.config.invoker_service_account,
+                           "audience": self.config.task_audience}}}
         if task_id is not None:
             task["name"] = f"{self.config.queue_path}/tasks/{task_id}"
         schedule_time = self._schedule_time(spec)
@@ -214,6 +246,40 @@ class TaskProducer:
         task["dispatch_deadline"] = duration_pb2.Duration(seconds=int(deadline),
                                                           nanos=int((deadline % 1) * 1e9))
         return task
+
+    def _action(self, name: object) -> RegisteredAction | None:
+        """The registered action (None when there is no registry), or InvalidTask for an unknown name."""
+        if self.registry is not None:
+            action = self.registry.get(name) if isinstance(name, str) else None
+            if action is None:
+                raise InvalidTask(f"unknown action {_show(name)}; known actions: {', '.join(self.registry.names)}")
+            return action
+        if self.action_names is not None and name not in self.action_names:
+            raise InvalidTask(f"unknown action {_show(name)}; known actions: {', '.join(sorted(self.action_names))}")
+        if not isinstance(name, str) or not re.fullmatch(ACTION_NAME_PATTERN, name):  # it is a path segment
+            raise InvalidTask(f"action {_show(name)} must be 1-100 letters, digits, '_' or '-'")
+        return None
+
+    def _body(self, payload: object, action: RegisteredAction | None) -> bytes:
+        """The task's body: the payload as JSON, checked against the action's payload type when known."""
+        if action is None:
+            if not isinstance(payload, Mapping):
+                raise InvalidTask(f"payload must be a mapping (a JSON object), got {type(payload).__name__}")
+            return _within_limit(_json_object(payload))
+        from tasklane.handler.payloads import PayloadError  # there is a registry, so the handler framework is here
+
+        try:
+            if isinstance(payload, action.payload.cls):
+                body = action.payload.encode(payload)
+            elif isinstance(payload, Mapping):
+                body = _json_object(payload)
+            else:
+                raise InvalidTask(f"payload must be a mapping or an instance of {action.payload.name}, got "
+                                  f"{type(payload).__name__}")
+            action.payload.decode(_within_limit(body))  # exactly what the handler will run on it
+        except PayloadError as error:
+            raise InvalidTask(f"{action.name}: {error}") from None
+        return body
 
     def _schedule_time(self, spec: TaskSpec) -> timestamp_pb2.Timestamp | None:
         if spec.delay is not None and spec.at is not None:
@@ -244,11 +310,20 @@ class TaskProducer:
 
     # -- One task ---------------------------------------------------------------------------------------
 
-    def enqueue(self, action: str, payload: Mapping[str, Any] | None = None, *, task_id: str | None = None,
+    def enqueue(self, action: str, payload: Any = None, *, task_id: str | None = None,
                 dedup_key: str | None = None, delay: float | datetime.timedelta | None = None,
-                at: datetime.datetime | None = None, deadline: float | datetime.timedelta | None = None) -> Enqueued:
-        """Create one task; a name that exists or existed recently is reported as already enqueued."""
-        task = self.build_task(TaskSpec(action, payload or {}, task_id, dedup_key, delay, at, deadline))
+                at: datetime.datetime | None = None, deadline: float | datetime.timedelta | None = None,
+                idempotency_key: str | None = None) -> Enqueued:
+        """Create one task; a name that exists or existed recently is reported as already enqueued.
+
+        Args:
+            action: the action's name; the task goes to its route, `/tasks/<action>`.
+            payload: a mapping, or an instance of the action's payload type; checked against that type
+                when the registry is known.
+            idempotency_key: the handler runs the action at most once per key (default: per task name).
+        """
+        task = self.build_task(TaskSpec(action, {} if payload is None else payload, task_id, dedup_key, delay, at,
+                                        deadline, idempotency_key))
         try:
             created = self._client.create_task(request={"parent": self.config.queue_path, "task": task})
         except api_exceptions.AlreadyExists:
@@ -258,8 +333,9 @@ class TaskProducer:
         return Enqueued(created.name)
 
     def enqueue_body(self, body: bytes, *, content_type: str = "application/json", route: str | None = None,
-                     deadline: float | None = None) -> Enqueued:
-        """Create a task carrying `body` exactly as given (a dead letter's replay), under a fresh random name."""
+                     deadline: float | None = None, headers: Mapping[str, str] | None = None) -> Enqueued:
+        """Create a task carrying `body` exactly as given (a dead letter's replay), under a fresh random name,
+        with `headers` besides its Content-Type."""
         if len(body) > MAX_BODY_BYTES:
             raise InvalidTask(f"the body is {len(body)} bytes; a task holds at most {MAX_BODY_BYTES} bytes")
         route = route if route and route.startswith("/") else self.config.route
@@ -267,7 +343,7 @@ class TaskProducer:
         task: dict[str, Any] = {
             "name": f"{self.config.queue_path}/tasks/{secrets.token_hex(16)}",
             "http_request": {"url": self.config.service_url.rstrip("/") + route, "http_method": "POST",
-                             "headers": {"Content-Type": content_type}, "body": body,
+                             "headers": {**(headers or {}), "Content-Type": content_type}, "body": body,
                              "oidc_token": {"service_account_email": self.config.invoker_service_account,
                                             "audience": self.config.task_audience}},
             "dispatch_deadline": duration_pb2.Duration(seconds=int(deadline), nanos=int((deadline % 1) * 1e9))}
