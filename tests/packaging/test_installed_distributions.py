@@ -260,34 +260,17 @@ def wait_for_attempts(emulator_url: str, task_name: str, count: int, timeout: fl
     raise AssertionError(f"{task_name}: not {count} finished attempts")
 
 
-THROWAWAY_TESTS = '''
-    import time
-
-    import pytest
-
-
-    def test_a_task_is_created_in_the_fixtures_emulator(cloud_tasks_emulator):
-        queue = cloud_tasks_emulator.queue("emails", rate_limits={"max_dispatches_per_second": 1})
-        client = cloud_tasks_emulator.client()
-        client.create_task(parent=queue, task={"schedule_time": {"seconds": int(time.time()) + 86_400},
-                                               "http_request": {"url": "http://127.0.0.1:9/send"}})
-        [task] = cloud_tasks_emulator.tasks(queue)
-        assert task.http_request.url == "http://127.0.0.1:9/send"
-        assert cloud_tasks_emulator.http_url.startswith("http://127.0.0.1:")
-
-
-    @pytest.mark.cloud_tasks_emulator(manual_clock=True)
-    def test_time_moves_when_the_test_says(cloud_tasks_emulator):
-        before = cloud_tasks_emulator.clock.now()
-        cloud_tasks_emulator.advance(3600)
-        assert cloud_tasks_emulator.clock.now() == before + 3600
-'''
+def readme_plugin_example() -> str:
+    """The README's example of another project's tests using the fixture (its first Python block there)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("Its tests get a local Cloud Tasks from the emulator's pytest plugin"):]
+    return section[section.index("```python\n") + 10:section.index("```\n", section.index("```python\n") + 10)]
 
 
 def test_a_project_that_installs_the_emulator_gets_its_pytest_fixture_with_no_conftest(installed: Installed) -> None:
     project = installed.workdir / "throwaway-project"
     project.mkdir()
-    (project / "test_with_the_fixture.py").write_text(textwrap.dedent(THROWAWAY_TESTS))
+    (project / "test_with_the_fixture.py").write_text(readme_plugin_example())
     assert not list(project.glob("conftest.py"))
     result = subprocess.run([str(installed.venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
                             cwd=project, env=installed.environment(), capture_output=True, text=True, timeout=120)
