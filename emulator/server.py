@@ -219,6 +219,8 @@ class EmulatorServer:
             await self._http_task
         if self.store is not None:
             self.store.close()
+        if self.config.console.letters is not None:  # a Firestore client's channel, closed in its own loop
+            await self.config.console.letters.aclose()
         if self._stopped is not None:
             self._stopped.set()
 

@@ -12,6 +12,11 @@ letter (a redelivered push message, say) updates it (`lastSeen`, `timesSeen`) ra
 
 `StoringSink` is the handler's sink: it stores the letter, then writes the structured log entry (with the
 same ID) for alerting. If storing fails it raises, and the handler does not acknowledge the task.
+
+`replay_request` is the rule for replaying a letter, which the operators' CLI (`python -m producer
+dead-letters replay`) and the local console both follow.
+
+Light on purpose (the standard library only), so the local emulator's console can read the same stores.
 """
 
 from __future__ import annotations
@@ -22,17 +27,23 @@ import datetime
 import hashlib
 import json
 import os
+import re
+import secrets
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from handler.dead_letter import DeadLetter, LogDeadLetterSink
+if TYPE_CHECKING:  # annotations only: importing them would bring the handler's logging with it
+    from handler.dead_letter import DeadLetter, LogDeadLetterSink
 
 KINDS = ("rejected", "final_attempt_failed", "gave_up_unseen")
 LETTER_ID_LENGTH = 32
+MAX_IDEMPOTENCY_KEY = 500
+"""The longest `idempotencyKey` an order may carry (handler/orders.py); a replay's fresh key stays within it."""
+REPLAY_SUFFIX = re.compile(r"~replay-[0-9a-f]{8}$")
 
 
 class CorruptLetter(RuntimeError):
@@ -129,6 +140,48 @@ def matches(letter: StoredLetter, kind: str | None, reason: str | None, since: d
             and (reason is None or reason.lower() in letter.reason.lower())
             and (since is None or letter.first_seen >= since)
             and (until is None or letter.first_seen <= until))
+
+
+class NotReplayable(ValueError):
+    """The letter holds nothing to send again."""
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    """What a replay of a letter sends as a new task."""
+
+    body: bytes
+    content_type: str
+    path: str
+    idempotency_key: str | None
+    """The fresh key in `body`, when the letter's body had one."""
+
+
+def replay_request(letter: StoredLetter) -> ReplayRequest:
+    """The new task's body, content type and path: the letter's own, with a fresh `idempotencyKey` when the body
+    is a JSON object holding one (the old key is done, and would make the replay a duplicate). NotReplayable
+    for a letter without a body."""
+    if letter.kind == "gave_up_unseen" or not letter.body:
+        raise NotReplayable(f"letter {letter.id} has no body ({letter.kind}): Cloud Tasks does not log task bodies, "
+                            "so there is nothing to replay")
+    body, key = with_fresh_key(letter.body)
+    content_type = next((value for name, value in letter.headers.items() if name.lower() == "content-type"),
+                        "application/json")
+    return ReplayRequest(body, content_type, letter.path, key)
+
+
+def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
+    """The body with a new `idempotencyKey` if it is a JSON object holding one (else as it was), and that key.
+    An earlier replay's suffix is replaced, not added to, so replays of replays keep the original key readable."""
+    try:
+        order = json.loads(body)
+    except (ValueError, RecursionError):
+        return body, None
+    if not isinstance(order, dict) or not isinstance(order.get("idempotencyKey"), str):
+        return body, None
+    base = REPLAY_SUFFIX.sub("", order["idempotencyKey"])[:MAX_IDEMPOTENCY_KEY - 16]
+    order["idempotencyKey"] = key = f"{base}~replay-{secrets.token_hex(4)}"
+    return json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode(), key
 
 
 def _aware(value: Any) -> datetime.datetime:
