@@ -34,7 +34,7 @@ from emulator.dispatcher import AttemptRecord
 from emulator.errors import ApiError
 from emulator.rpc import CloudTasksApi
 from emulator.tokens import decode_unverified
-from handler.dead_letter_store import Replay, StoredLetter, replay_request, utc_now
+from handler.dead_letter_store import CorruptLetter, Replay, StoredLetter, replay_request, utc_now
 
 STATIC = Path(__file__).resolve().parent / "console"
 TOKEN_HEADER = "X-Tasklane-Console"
@@ -393,7 +393,7 @@ def console_routes(api: CloudTasksApi, config: ConsoleConfig, host: str) -> list
             return JSONResponse({"message": await console.act(body["action"], body["name"])})
         except ApiError as error:
             return JSONResponse({"error": f"{error.code.name}: {error.message}"}, status_code=409)
-        except LettersUnavailable as error:
+        except (LettersUnavailable, CorruptLetter) as error:
             return JSONResponse({"error": str(error)}, status_code=503)
         except (ValueError, KeyError) as error:
             return JSONResponse({"error": str(error)}, status_code=400)
