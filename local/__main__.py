@@ -11,11 +11,11 @@ same live in the browser.
     python -m local --once       # the samples, then stop
     python -m local status       # a running pipeline's queues, recent outcomes and dead letters
 
-State (the emulator's queues and tasks, the handler's log) is kept in .tasklane/ across restarts.
-Dead letters and idempotency keys go to Google's Firestore emulator when this machine has it (gcloud and
-Java), started on a free port and stopped with everything else; otherwise keys stay in the handler and
-letters go to files under the state folder. Either way the same CLI reads them. Final failed attempts
-reach the handler through Google's Pub/Sub emulator when it is there, as they do deployed.
+State (the emulator's queues, tasks and attempt history, the handler's log) is kept in .tasklane/ across
+restarts. Dead letters and idempotency keys go to Google's Firestore emulator when this machine has it (gcloud
+and Java), started on a free port and stopped with everything else; otherwise keys stay in the handler and
+letters go to files under the state folder. Either way the operators' CLI and the console read that store.
+Final failed attempts reach the handler through Google's Pub/Sub emulator when it is there, as they do deployed.
 """
 
 from __future__ import annotations
