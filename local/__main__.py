@@ -11,11 +11,11 @@ same live in the browser.
     python -m local --once       # the samples, then stop
     python -m local status       # a running pipeline's queues, recent outcomes and dead letters
 
-State (the emulator's queues and tasks, the handler's log) is kept in .tasklane/ across restarts.
-Dead letters and idempotency keys go to Google's Firestore emulator when this machine has it (gcloud and
-Java), started on a free port and stopped with everything else; otherwise keys stay in the handler and
-letters go to files under the state folder. Either way the same CLI reads them. Final failed attempts
-reach the handler through Google's Pub/Sub emulator when it is there, as they do deployed.
+State (the emulator's queues, tasks and attempt history, the handler's log) is kept in .tasklane/ across
+restarts. Dead letters and idempotency keys go to Google's Firestore emulator when this machine has it (gcloud
+and Java), started on a free port and stopped with everything else; otherwise keys stay in the handler and
+letters go to files under the state folder. Either way the operators' CLI and the console read that store.
+Final failed attempts reach the handler through Google's Pub/Sub emulator when it is there, as they do deployed.
 """
 
 from __future__ import annotations
@@ -84,19 +84,23 @@ class Child:
                 self.process.wait()
 
 
-def start_emulator(args: argparse.Namespace, state_dir: Path,
+def start_emulator(args: argparse.Namespace, state_dir: Path, stores: dict[str, str], project: str,
                    final_failures: dict[str, str] | None = None) -> tuple[Child, str]:
     command = [sys.executable, "-m", "tasklane.emulator", "--host", args.host, "--grpc-port", str(args.grpc_port),
                "--http-port", str(args.emulator_http_port), "--pulumi-stack", args.stack,
                "--state-file", str(state_dir / "emulator.sqlite"), "--log-level", "WARNING",
                "--task-operations-log", str(state_dir / "task-operations.jsonl"),
-               # The console shows the handler's dead letters (its log, or the local store's files) and
+               # The console shows the handler's dead letters (the store it keeps them in, and its log) and
                # replays one to the handler with the invoker's token when its original attempts are gone.
                "--dead-letter-log", str(state_dir / "handler.log"),
-               "--dead-letter-dir", str(state_dir / "dead-letters"),
                "--console-replay-url", f"http://{args.host}:{args.handler_port}",
                "--console-replay-oidc-email", args.invoker]
     environment = dict(os.environ)
+    if "TASKLANE_FIRESTORE_DATABASE" in stores:  # the handler's store: Google's Firestore emulator, or files
+        command += ["--dead-letter-firestore", f"projects/{project}/databases/{stores['TASKLANE_FIRESTORE_DATABASE']}"]
+        environment["FIRESTORE_EMULATOR_HOST"] = stores["FIRESTORE_EMULATOR_HOST"]
+    else:
+        command += ["--dead-letter-dir", stores["TASKLANE_DEAD_LETTER_DIR"]]
     if final_failures:
         command += ["--final-failures-topic", final_failures["topic"]]
         environment["PUBSUB_EMULATOR_HOST"] = final_failures["host"]
@@ -277,12 +281,12 @@ def run(args: argparse.Namespace) -> int:
         project = queue_path.split("/")[1]
         final_failures, routed = start_final_failures_route(args, state_dir, project, service_url, children)
         print(f"▶ {routed}", flush=True)
-        emulator, ready = start_emulator(args, state_dir, final_failures)
+        stores, which = start_stores(args, state_dir, project, children)
+        print(f"▶ {which}", flush=True)
+        emulator, ready = start_emulator(args, state_dir, stores, project, final_failures)
         children.append(emulator)
         emulator_url = f"http://{args.host}:{args.emulator_http_port}"
         print(f"▶ {ready}", flush=True)
-        stores, which = start_stores(args, state_dir, project, children)
-        print(f"▶ {which}", flush=True)
         os.environ.pop("FIRESTORE_EMULATOR_HOST", None)  # only ours, or none
         os.environ.pop("TASKLANE_DEAD_LETTER_DIR", None)
         children.append(start_handler(args, {**stores,
@@ -406,7 +410,10 @@ def status(argv: list[str]) -> int:
               f"outcomes: {outcomes}")
     if not overview["queues"]:
         print("no queues")
-    print(f"dead letters: {overview['deadLetters']} (from {overview['deadLetterSource']})")
+    if overview.get("deadLettersUnavailable"):
+        print(f"dead letters: unknown ({overview['deadLettersUnavailable']})")
+    else:
+        print(f"dead letters: {overview['deadLetters']} (from {overview['deadLetterSource']})")
     return 0
 
 

@@ -159,6 +159,8 @@ def test_a_user_walks_the_console_through_the_local_pipeline(pipeline: LocalPipe
             expect(letter).to_have_count(1)
             expect(letter).to_contain_text("rejected")
             expect(letter.locator("pre")).to_contain_text('"sku": "SKU-browser"')
+            if "▶ Firestore emulator on" in "".join(pipeline.output):  # read from the store, as the CLI reads it
+                expect(page.locator("#content")).to_contain_text("From the Firestore database tasklane-local")
             letter.get_by_role("button", name="Replay").click()
             expect(page.locator("#flash")).to_contain_text("replayed")
             replay_link = letter.locator(".replays a")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.conftest import free_port
 
@@ -76,8 +80,8 @@ def test_without_the_firestore_emulator_letters_go_to_files_and_the_same_cli_rea
     assert len(list((tmp_path / "state" / "dead-letters").glob("*.json"))) == 2, "the letter and its replay's"
 
 
-def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
-    command, ports = local_command(tmp_path)
+def started(command: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """`python -m local` (not --once), once it says it is ready for your own producers."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     deadline = time.monotonic() + 90
@@ -87,21 +91,62 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
         out += line
         if "Press Ctrl-C" in line or not line:
             break
+    assert "Press Ctrl-C" in out, out
+    return process, out
+
+
+def interrupted(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, rest
+    return rest
+
+
+def http_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
+
+
+def test_ctrl_c_stops_everything_cleanly_and_a_restart_shows_the_finished_samples_attempts(tmp_path: Path) -> None:
+    command, ports = local_command(tmp_path)
+    console = f"http://127.0.0.1:{ports[1]}"
+    process, out = started(command)
     status = subprocess.run([sys.executable, "-m", "local", "status", "--emulator-http-port", str(ports[1])],
                             cwd=REPO, capture_output=True, text=True, timeout=30)
     assert status.returncode == 0, status.stderr
     assert re.search(r"tasklane-dev-queue  running  depth 0  in flight 0  .*outcomes: .*\d+ succeeded", status.stdout)
     # The poison sample's letter, and its replay's: still no orderId, so rejected again as a new letter.
     assert "dead letters: 2 " in status.stdout
-    process.send_signal(signal.SIGINT)
-    rest, _ = process.communicate(timeout=30)
-    assert process.returncode == 0
+    if "▶ Firestore emulator on" in out:  # the console reads the handler's store itself, as the CLI does
+        assert "(from the Firestore database tasklane-local of project " in status.stdout
+    # The transient sample: the one task whose first attempt got a 503.
+    [transient] = {a["task"] for a in http_json(f"{console}/v1/attempts")["attempts"] if a["status"] == 503}
+    attempts = http_json(f"{console}/v1/attempts?task={transient}")["attempts"]
+    assert [(a["attempt"], a["status"], a["outcome"]) for a in attempts] == [(1, 503, "retrying"),
+                                                                             (2, 200, "succeeded")]
+    rest = interrupted(process)
     assert rest.rstrip().splitlines()[-1].startswith("Stopped: everything is shut down"), rest
     assert all_free(ports), "nothing is left running"
     assert no_firestore_emulator_left(out), "Google's Firestore emulator and its Java process are stopped too"
-    again = subprocess.run([*command, "--once"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, f"a restart right after Ctrl-C works at once: {again.stderr}"
-    assert "(state kept in" in again.stdout
+
+    again, out = started(command)  # a restart right after Ctrl-C works at once, on the state kept
+    try:
+        assert "(state kept in" in out
+        assert http_json(f"{console}/v1/attempts?task={transient}")["attempts"] == attempts, \
+            "a finished sample's attempts are read back after the restart"
+        shown = http_json(f"{console}/console/api/task?name={transient}")
+        assert shown["status"] == "finished: succeeded (HTTP 200)"
+        assert [(a["attempt"], a["status"]) for a in shown["attempts"]] == [(1, 503), (2, 200)]
+        exports = dict(re.findall(r"^  export (\w+)=(\S+)$", out, re.MULTILINE))
+        show = subprocess.run([sys.executable, "-m", "tasklane.producer", "show", transient], cwd=REPO,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **exports})
+        assert show.returncode == 0, show.stderr
+        assert show.stdout.startswith(f"{transient}: finished: succeeded on attempt 2 (HTTP 200)"), show.stdout
+        status = subprocess.run([sys.executable, "-m", "local", "status", "--emulator-http-port", str(ports[1])],
+                                cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert re.search(r"outcomes: .*\d+ retrying, \d+ succeeded", status.stdout), status.stdout
+    finally:
+        interrupted(again)
 
 
 def test_a_busy_port_is_named(tmp_path: Path) -> None:

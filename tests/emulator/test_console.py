@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import json
 import re
 import urllib.error
@@ -10,14 +12,27 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.cloud import tasks_v2
 
 from tasklane.core import wire
+from tasklane.core.dead_letter import DeadLetter
+from tasklane.core.dead_letter_store import DeadLetterStore, FileDeadLetterStore
+from tasklane.core.firestore_dead_letters import FirestoreDeadLetterStore
+from tasklane.core.task_context import TaskContext
+from tasklane.emulator import dead_letters
 from tasklane.emulator.clock import ManualClock
-from tasklane.emulator.console import IDEMPOTENCY_KEY_HEADER, ConsoleConfig
-from tasklane.emulator.dead_letters import CombinedLetters, DirectoryLetters, HandlerLogLetters
+from tasklane.emulator.console import BODY_SHOWN, ConsoleConfig
+from tasklane.emulator.dead_letters import (
+    CombinedLetters,
+    HandlerLogLetters,
+    LetterSource,
+    directory_letters,
+    firestore_letters,
+)
 from tasklane.emulator.server import EmulatorServer
 from tests.emulator.conftest import PARENT, Target, client_for, make_queue, task_gone, wait_for
+from tests.helpers import free_port
 
 INVOKER = "invoker@tasklane-test.iam.gserviceaccount.com"
 
@@ -183,71 +198,90 @@ def log_letter(letter_id: str, body: bytes, parts: int = 1) -> list[str]:
 
 def test_a_replayed_typed_task_keeps_its_route_and_gets_a_fresh_header_key(
         make_emulator: Any, target: Target, tmp_path: Path) -> None:
-    store = tmp_path / "dead-letters"
-    store.mkdir()
-    (store / f"{'e' * 32}.json").write_text(json.dumps({
-        "kind": "final_attempt_failed", "reason": "HTTP 503", "taskName": "t-3", "queueName": "typed",
-        "attempt": 5, "method": "POST", "path": "/tasks/update_inventory",
-        "headers": [{"name": "Content-Type", "value": "application/json"},
-                    {"name": "X-Tasklane-Idempotency-Key", "value": "inventory-o-3"}],
-        "firstSeen": "2030-01-01T00:00:00+00:00", "body": base64.b64encode(b'{"orderId": "o-3"}').decode(),
-        "replays": []}))
-    emulator = make_emulator(console=ConsoleConfig(letters=DirectoryLetters(store), replay_url=target.url,
-                                                   replay_oidc_email=INVOKER))
+    store = FileDeadLetterStore(tmp_path / "dead-letters")
+    letter = DeadLetter.capture("final_attempt_failed", "HTTP 503", TaskContext(queue_name="typed", task_name="t-3"),
+                                "POST", "/tasks/update_inventory",
+                                {"Content-Type": "application/json", wire.IDEMPOTENCY_KEY_HEADER: "inventory-o-3"},
+                                b'{"orderId": "o-3"}')
+    letter_id = asyncio.run(store.put(letter))
+    emulator = make_emulator(console=ConsoleConfig(letters=directory_letters(tmp_path / "dead-letters"),
+                                                   replay_url=target.url, replay_oidc_email=INVOKER))
     client = client_for(emulator)
     queue = make_queue(client, "typed")
     client.pause_queue(name=queue.name)
-    assert act(emulator.http_url, "replay", "e" * 32, token_of(emulator.http_url))[0] == 200
+    assert act(emulator.http_url, "replay", letter_id, token_of(emulator.http_url))[0] == 200
     [listed] = client.list_tasks(parent=queue.name)
     task = client.get_task(request={"name": listed.name, "response_view": tasks_v2.Task.View.FULL})
     assert task.http_request.url == f"{target.url}/tasks/update_inventory"
     assert json.loads(task.http_request.body) == {"orderId": "o-3"}
-    assert task.http_request.headers[IDEMPOTENCY_KEY_HEADER].startswith("inventory-o-3~replay-")
-    stored = json.loads((store / f"{'e' * 32}.json").read_text())
-    assert stored["replays"][0]["idempotencyKey"] == task.http_request.headers[IDEMPOTENCY_KEY_HEADER]
+    fresh = task.http_request.headers[wire.IDEMPOTENCY_KEY_HEADER]
+    assert fresh.startswith("inventory-o-3~replay-")
+    stored = asyncio.run(store.get(letter_id))
+    assert stored is not None and stored.replays[0].idempotency_key == fresh
 
 
-def test_the_console_names_the_handlers_idempotency_header() -> None:
-    assert IDEMPOTENCY_KEY_HEADER == wire.IDEMPOTENCY_KEY_HEADER
+@pytest.fixture(params=["file", "firestore"])
+def letter_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[DeadLetterStore, LetterSource]:
+    """A dead-letter store as the handler writes it, and the console's source reading that same store: files,
+    or a fresh database in Google's Firestore emulator (the session's)."""
+    if request.param == "file":
+        return FileDeadLetterStore(tmp_path / "dead-letters"), directory_letters(tmp_path / "dead-letters")
+    from tests.stores.conftest import fresh_firestore
+
+    firestore = fresh_firestore(request.getfixturevalue("firestore_emulator"))
+    return FirestoreDeadLetterStore(firestore), firestore_letters(firestore.project, firestore.database)
 
 
-def test_dead_letters_from_the_handler_log_and_the_store_are_shown_and_replayed(
-        make_emulator: Any, target: Target, tmp_path: Path) -> None:
+def stored_letter_of(task: str, body: bytes) -> DeadLetter:
+    return DeadLetter.capture("final_attempt_failed", "HTTP 500 on the final attempt",
+                              TaskContext(queue_name="dead", task_name=task, retry_count=4), "POST", "/process-order",
+                              {"Content-Type": "application/json", "Authorization": "Bearer secret"}, body)
+
+
+def test_dead_letters_from_the_store_and_the_handler_log_are_shown_whole_and_replayed(
+        make_emulator: Any, target: Target, tmp_path: Path, letter_store: tuple[DeadLetterStore, LetterSource],
+        ) -> None:
+    store, source = letter_store
+    # Larger than a Firestore document holds, so there it is kept in several chunks beneath the letter.
+    big = json.dumps({"orderId": "o-9", "idempotencyKey": "k-9", "notes": "n" * 700_000}).encode()
+    stored_id = asyncio.run(store.put(stored_letter_of("t-2", big)))
     log = tmp_path / "handler.log"
     log.write_text("not json\n" + "\n".join(log_letter("a" * 32, b'{"action": "update_inventory", "sku": 1}',
                                                         parts=3)) + "\n")
-    store = tmp_path / "dead-letters"
-    store.mkdir()
-    (store / f"{'b' * 32}.json").write_text(json.dumps({
-        "kind": "final_attempt_failed", "reason": "HTTP 500", "taskName": "t-2", "queueName": "dead",
-        "attempt": 5, "method": "POST", "path": "/process-order",
-        "headers": [{"name": "Content-Type", "value": "application/json"}], "firstSeen": "2030-01-01T00:00:00+00:00",
-        "body": base64.b64encode(b'{"orderId": "o-9", "idempotencyKey": "k-9"}').decode(), "replays": []}))
-    letters = CombinedLetters([DirectoryLetters(store), HandlerLogLetters(log)])
-    emulator = make_emulator(console=ConsoleConfig(letters=letters, replay_url=target.url,
-                                                   replay_oidc_email=INVOKER))
+    emulator = make_emulator(console=ConsoleConfig(letters=CombinedLetters([source, HandlerLogLetters(log)]),
+                                                   replay_url=target.url, replay_oidc_email=INVOKER))
     client = client_for(emulator)
     queue = make_queue(client, "dead")
     client.pause_queue(name=queue.name)
     base = emulator.http_url
     shown = call(f"{base}/console/api/dead-letters")[1]
-    assert shown["total"] == 2
+    assert shown["total"] == 2 and source.description in shown["source"]
     by_id = {letter["id"]: letter for letter in shown["letters"]}
     assert json.loads(by_id["a" * 32]["body"]["text"]) == {"action": "update_inventory", "sku": 1}
-    assert by_id["a" * 32]["kind"] == "rejected" and by_id["b" * 32]["attempt"] == 5
+    assert by_id["a" * 32]["kind"] == "rejected"
+    from_store = by_id[stored_id]
+    assert (from_store["kind"], from_store["attempt"], from_store["taskName"]) == ("final_attempt_failed", 5, "t-2")
+    assert from_store["body"]["bytes"] == len(big) and from_store["bodySha256"] == hashlib.sha256(big).hexdigest()
+    assert from_store["body"]["text"] == big[:BODY_SHOWN].decode(), "the body's start, read from the store"
+    assert "Authorization" not in from_store["headers"]
     assert call(f"{base}/console/api/overview")[1]["deadLetters"] == 2
 
     token = token_of(base)
-    status, replayed = act(base, "replay", "b" * 32, token)
+    status, replayed = act(base, "replay", stored_id, token)
     assert status == 200, replayed
     [listed] = client.list_tasks(parent=queue.name)
     task = client.get_task(request={"name": listed.name, "response_view": tasks_v2.Task.View.FULL})
     assert task.http_request.url == f"{target.url}/process-order"
     assert task.http_request.oidc_token.service_account_email == INVOKER
     body = json.loads(task.http_request.body)
-    assert body["orderId"] == "o-9" and body["idempotencyKey"].startswith("k-9~replay-")
-    stored = json.loads((store / f"{'b' * 32}.json").read_text())
-    assert [r["taskName"] for r in stored["replays"]] == [task.name]
+    assert body["notes"] == "n" * 700_000, "the whole body is replayed"
+    assert body["orderId"] == "o-9" and re.fullmatch(r"k-9~replay-[0-9a-f]{8}", body["idempotencyKey"])
+    # Recorded where the letter is kept: the operators' CLI (which reads this store) sees the replay.
+    kept = asyncio.run(store.get(stored_id))
+    assert kept is not None and [(r.task_name, r.idempotency_key) for r in kept.replays] == [
+        (task.name, body["idempotencyKey"])]
+    shown_again = next(x for x in call(f"{base}/console/api/dead-letters")[1]["letters"] if x["id"] == stored_id)
+    assert [r["taskName"] for r in shown_again["replays"]] == [task.name]
     assert act(base, "replay", "c" * 32, token)[0] == 400
 
     with log.open("a") as appended:  # the log is read incrementally: letters appended later show up
@@ -255,3 +289,17 @@ def test_dead_letters_from_the_handler_log_and_the_store_are_shown_and_replayed(
     assert call(f"{base}/console/api/dead-letters")[1]["total"] == 3
     binary = next(x for x in call(f"{base}/console/api/dead-letters")[1]["letters"] if x["id"] == "d" * 32)
     assert binary["body"]["as"] == "hex" and binary["body"]["text"].startswith("ff 00")
+
+
+def test_a_dead_letter_store_that_does_not_answer_is_said_so_and_the_rest_still_works(
+        make_emulator: Any, client: tasks_v2.CloudTasksClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(dead_letters, "STORE_SECONDS", 1.0)
+    emulator = make_emulator(console=ConsoleConfig(letters=firestore_letters("tasklane-gone", "letters")))
+    make_queue(client_for(emulator), "alive")
+    status, overview = call(f"{emulator.http_url}/console/api/overview")
+    assert status == 200 and [q["id"] for q in overview["queues"]] == ["alive"]
+    assert overview["deadLetters"] is None
+    assert overview["deadLettersUnavailable"].startswith("the Firestore database letters of project tasklane-gone")
+    status, answer = call(f"{emulator.http_url}/console/api/dead-letters")
+    assert status == 503 and "did not answer within 1 s" in answer["error"]

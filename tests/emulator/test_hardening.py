@@ -90,6 +90,16 @@ def reopened(server: EmulatorServer, state: str, clock: ManualClock) -> tuple[Em
     return again, client_for(again)
 
 
+def assert_history_kept(server: EmulatorServer) -> None:
+    """The attempts of `storage_scenario`, saved once storage worked again, are read back after a restart."""
+    assert server.dispatcher is not None
+    outcomes = [(record.task.rsplit("/", 1)[1], record.attempt, record.status, record.outcome)
+                for record in server.dispatcher.attempts]
+    assert [outcome for outcome in outcomes if outcome[0] == "flaky"] == [
+        ("flaky", 1, 500, "retrying"), ("flaky", 2, 200, "succeeded")]
+    assert sorted(outcome[1:] for outcome in outcomes if outcome[0] != "flaky") == [(1, 200, "succeeded")] * 4
+
+
 def test_storage_that_fails_strands_nothing_and_recovers_without_a_restart(
         target: Target, clock: ManualClock, tmp_path: Path) -> None:
     state = str(tmp_path / "state.sqlite")
@@ -105,6 +115,7 @@ def test_storage_that_fails_strands_nothing_and_recovers_without_a_restart(
                          api_exceptions.ServiceUnavailable)
         server, client = reopened(server, state, clock)
         assert list(client.list_tasks(parent=f"{PARENT}/queues/storage")) == [], "done is done on disk too"
+        assert_history_kept(server)
         with pytest.raises(api_exceptions.AlreadyExists):
             client.create_task(parent=f"{PARENT}/queues/storage", task={
                 "name": f"{PARENT}/queues/storage/tasks/flaky", "http_request": {"url": "http://127.0.0.1:9/"}})
@@ -150,6 +161,7 @@ def test_a_full_disk_is_resource_exhausted_and_strands_no_task(target: Target, c
                          lambda: filler[0].unlink(), api_exceptions.ResourceExhausted)
         server, client = reopened(server, state, clock)
         assert list(client.list_tasks(parent=f"{PARENT}/queues/storage")) == []
+        assert_history_kept(server)
     finally:
         server.stop_thread()
 

@@ -115,6 +115,68 @@ def test_an_accepted_task_survives_kill_9_and_a_delivered_one_is_not_delivered_a
     assert second.stop() == 0
 
 
+def history(http_url: str, tasks: list[str]) -> dict[str, Any]:
+    """What the inspection API and the console say of these tasks' attempts."""
+    return {"all": http_json(f"{http_url}/v1/attempts")["attempts"],
+            "gave_up": http_json(f"{http_url}/v1/attempts?outcome=gave_up")["attempts"],
+            "paged": attempt_pages(f"{http_url}/v1/attempts?pageSize=2"),
+            "console": [http_json(f"{http_url}/console/api/task?name={name}") for name in tasks]}
+
+
+def attempt_pages(url: str) -> list[list[str]]:
+    pages, token = [], ""
+    while True:
+        page = http_json(f"{url}&pageToken={token}")
+        pages.append([f"{a['task']}#{a['attempt']}" for a in page["attempts"]])
+        token = page.get("nextPageToken", "")
+        if not token:
+            return pages
+
+
+def test_the_attempt_history_is_the_same_after_a_restart_and_after_kill_9(
+        processes: list[EmulatorProcess], target: Target, tmp_path: Path) -> None:
+    state = str(tmp_path / "emulator.sqlite")
+    first = EmulatorProcess("--state-file", state)
+    processes.append(first)
+    client = first.client()
+    queue = make_queue(client, "remembered", retry_config={"max_attempts": 2, "min_backoff": "0.1s",
+                                                           "max_backoff": "0.1s"})
+    urls = [target.answer("/fine", 200), target.answer("/flaky", 503, 200), target.answer("/poison", 400)]
+    names = [client.create_task(parent=queue.name, task={"http_request": {
+        "url": url, "body": b'{"orderId": "o-%d"}' % number}}).name for number, url in enumerate(urls)]
+    wait_for(lambda: all(task_gone(client, name) for name in names), message="every task to finish")
+    before = history(first.http_url, names)
+    assert [(a["attempt"], a["status"], a["outcome"]) for a in before["all"] if a["task"] == names[1]] == [
+        (1, 503, "retrying"), (2, 200, "succeeded")]
+    assert [c["status"] for c in before["console"]] == [
+        "finished: succeeded (HTTP 200)", "finished: succeeded (HTTP 200)",
+        "finished: gave up after 2 attempts (last HTTP 400)"]
+    assert first.stop() == 0
+
+    second = EmulatorProcess("--state-file", state)
+    processes.append(second)
+    assert history(second.http_url, names) == before, "the same answers after a restart"
+    assert json.loads(before["console"][2]["body"]["text"]) == {"orderId": "o-2"}
+
+    # kill -9: what had finished is kept (saved with its task's outcome); the attempt then running shows as
+    # interrupted, and the task, still there, is dispatched again.
+    client = second.client()
+    hung = client.create_task(parent=queue.name, task={"http_request": {
+        "url": target.answer("/hang", ("hang", 5), 200)}}).name
+    wait_for(lambda: target.on("/hang"), message="the attempt to start")
+    second.stop(signal.SIGKILL)
+
+    third = EmulatorProcess("--state-file", state)
+    processes.append(third)
+    after = history(third.http_url, names)
+    assert after["all"][:len(before["all"])] == before["all"] and after["console"] == before["console"]
+    wait_for(lambda: task_gone(third.client(), hung), message="the interrupted task to be dispatched again")
+    attempts = http_json(f"{third.http_url}/v1/attempts?task={hung}")["attempts"]
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "interrupted"), (2, "succeeded")]
+    assert attempts[0]["status"] is None and "stopped" in attempts[0]["error"]
+    assert third.stop() == 0
+
+
 def test_the_http_port_serves_discovery_keys_health_and_inspection(
         emulator: EmulatorServer, client: tasks_v2.CloudTasksClient, target: Target) -> None:
     base = emulator.http_url

@@ -175,9 +175,9 @@ def test_a_replayed_typed_task_keeps_its_route_and_gets_a_fresh_header_key(
 
 def test_without_a_registry_any_well_formed_name_goes_to_its_route_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
     """A producer installed without the service (its default registry absent) still creates tasks."""
-    import tasklane.producer.registry
+    from tasklane.producer import registry
 
-    monkeypatch.setattr(tasklane.producer.registry, "DEFAULT_ACTIONS", "tasklane_no_such_service.actions:registry")
+    monkeypatch.setattr(registry, "DEFAULT_ACTIONS", "tasklane_no_such_service.actions:registry")
     bare = offline(ProducerConfig.from_stack_outputs(OUTPUTS, {}))
     assert bare.registry is None and bare.action_names is None
     task = bare.build_task(TaskSpec("anything-at-all_2", {"free": "form"}))

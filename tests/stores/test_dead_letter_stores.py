@@ -7,7 +7,9 @@ import asyncio
 import dataclasses
 import datetime
 import hashlib
+import json
 import os
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,17 @@ import pytest
 
 from tasklane.core.dead_letter import DeadLetter, LogDeadLetterSink
 from tasklane.core.dead_letter_store import (
+    MAX_IDEMPOTENCY_KEY,
     CorruptLetter,
     DeadLetterStore,
     FileDeadLetterStore,
+    NotReplayable,
     Replay,
+    StoredLetter,
     StoringSink,
+    letter_fields,
+    replay_request,
+    stored_letter,
 )
 from tasklane.core.firestore_dead_letters import (
     BODY_CHUNK_BYTES,
@@ -236,3 +244,25 @@ def test_the_storing_sink_raises_when_the_store_fails_and_logs_nothing(tmp_path:
     with pytest.raises(OSError, match="disk full"):
         asyncio.run(sink.send(letter()))
     assert lines == []
+
+
+def test_the_replay_rule_gives_a_fresh_key_within_the_limit_and_refuses_a_letter_without_a_body() -> None:
+    """`replay_request`, which the operators' CLI and the local console both follow."""
+    def stored(body: bytes, kind: str = "rejected") -> StoredLetter:
+        return stored_letter("a" * 32, {**letter_fields(letter(body=body, kind=kind), T0)}, body)
+
+    first = replay_request(stored(b'{"orderId": "o-1", "idempotencyKey": "k-1"}'))
+    assert (first.content_type, first.path) == ("application/json", "/process-order")
+    assert re.fullmatch(r"k-1~replay-[0-9a-f]{8}", first.idempotency_key or "")
+    assert json.loads(first.body) == {"orderId": "o-1", "idempotencyKey": first.idempotency_key}
+    again = replay_request(stored(first.body))
+    assert again.idempotency_key != first.idempotency_key and again.idempotency_key.startswith("k-1~replay-"), \
+        "a replay of a replay replaces the suffix rather than adding one"
+    longest = replay_request(stored(json.dumps({"idempotencyKey": "k" * MAX_IDEMPOTENCY_KEY}).encode()))
+    assert len(longest.idempotency_key or "") == MAX_IDEMPOTENCY_KEY
+    for unchanged in (b'{"orderId": "o-2"}', b"not json", b"[1, 2]"):
+        assert (replay_request(stored(unchanged)).body, replay_request(stored(unchanged)).idempotency_key) == (
+            unchanged, None)
+    for nothing in (stored(b""), stored(b"", kind="gave_up_unseen")):
+        with pytest.raises(NotReplayable, match="has no body"):
+            replay_request(nothing)

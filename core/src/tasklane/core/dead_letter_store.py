@@ -12,6 +12,11 @@ letter (a redelivered push message, say) updates it (`lastSeen`, `timesSeen`) ra
 
 `StoringSink` is the handler's sink: it stores the letter, then writes the structured log entry (with the
 same ID) for alerting. If storing fails it raises, and the handler does not acknowledge the task.
+
+`replay_request` is the rule for replaying a letter, which the operators' CLI (`python -m tasklane.producer
+dead-letters replay`) and the local console both follow.
+
+Light on purpose (the standard library only), so the local emulator's console can read the same stores.
 """
 
 from __future__ import annotations
@@ -22,17 +27,23 @@ import datetime
 import hashlib
 import json
 import os
+import re
+import secrets
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tasklane.core.dead_letter import DeadLetter, LogDeadLetterSink
+if TYPE_CHECKING:  # annotations only: importing them would bring the handler's logging with it
+    from tasklane.core.dead_letter import DeadLetter, LogDeadLetterSink
+
+from tasklane.core.wire import ENVELOPE_KEY_FIELD, IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY
 
 KINDS = ("rejected", "final_attempt_failed", "gave_up_unseen")
 LETTER_ID_LENGTH = 32
+REPLAY_SUFFIX = re.compile(r"~replay-[0-9a-f]{8}$")
 
 
 class CorruptLetter(RuntimeError):
@@ -129,6 +140,60 @@ def matches(letter: StoredLetter, kind: str | None, reason: str | None, since: d
             and (reason is None or reason.lower() in letter.reason.lower())
             and (since is None or letter.first_seen >= since)
             and (until is None or letter.first_seen <= until))
+
+
+class NotReplayable(ValueError):
+    """The letter holds nothing to send again."""
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    """What a replay of a letter sends as a new task."""
+
+    body: bytes
+    content_type: str
+    path: str
+    headers: Mapping[str, str]
+    """Headers beyond Content-Type: the fresh X-Tasklane-Idempotency-Key when the letter's task had that header."""
+    idempotency_key: str | None
+    """The replay's fresh key, in the body or in `headers`, when the letter's task had its own."""
+
+
+def replay_request(letter: StoredLetter) -> ReplayRequest:
+    """The new task's body, content type, path and headers: the letter's own, with a fresh key where the task had
+    its own (an `idempotencyKey` in a JSON body, or the X-Tasklane-Idempotency-Key header): the old key is done,
+    and would make the replay a duplicate. NotReplayable for a letter without a body."""
+    if letter.kind == "gave_up_unseen" or not letter.body:
+        raise NotReplayable(f"letter {letter.id} has no body ({letter.kind}): Cloud Tasks does not log task bodies, "
+                            "so there is nothing to replay")
+    body, key = with_fresh_key(letter.body)
+    content_type = next((value for name, value in letter.headers.items() if name.lower() == "content-type"),
+                        "application/json")
+    header_key = next((value for name, value in letter.headers.items()
+                       if name.lower() == IDEMPOTENCY_KEY_HEADER.lower()), None)
+    headers = {}
+    if header_key is not None:
+        headers[IDEMPOTENCY_KEY_HEADER] = key = fresh_key(header_key)
+    return ReplayRequest(body, content_type, letter.path, headers, key)
+
+
+def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
+    """The body with a new `idempotencyKey` if it is a JSON object holding one (else as it was), and that key."""
+    try:
+        order = json.loads(body)
+    except (ValueError, RecursionError):
+        return body, None
+    if not isinstance(order, dict) or not isinstance(order.get(ENVELOPE_KEY_FIELD), str):
+        return body, None
+    order[ENVELOPE_KEY_FIELD] = key = fresh_key(order[ENVELOPE_KEY_FIELD])
+    return json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode(), key
+
+
+def fresh_key(key: str) -> str:
+    """A replay's key for a task that had `key`: `KEY~replay-xxxxxxxx`. An earlier replay's suffix is replaced, not
+    added to, so replays of replays keep the original key readable, and the result stays within the limit."""
+    base = REPLAY_SUFFIX.sub("", key)[:MAX_IDEMPOTENCY_KEY - 16]
+    return f"{base}~replay-{secrets.token_hex(4)}"
 
 
 def _aware(value: Any) -> datetime.datetime:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud.firestore import ArrayUnion, AsyncWriteBatch, Increment, Query
 
-from tasklane.core.dead_letter import DeadLetter
 from tasklane.core.dead_letter_store import (
     Replay,
     StoredLetter,
@@ -32,6 +31,9 @@ from tasklane.core.dead_letter_store import (
 )
 from tasklane.core.firestore_client import LazyFirestore
 from tasklane.core.firestore_names import DEAD_LETTER_COLLECTION
+
+if TYPE_CHECKING:  # an annotation only: the local console reads this store without the handler's logging
+    from tasklane.core.dead_letter import DeadLetter
 
 # Under the 1 MiB document limit with room for the document's name and fields.
 BODY_CHUNK_BYTES = 512 * 1024

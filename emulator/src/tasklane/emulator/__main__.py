@@ -23,7 +23,14 @@ from google.cloud.tasks_v2.types import queue as queue_types
 
 from tasklane.emulator.clock import ManualClock, SystemClock
 from tasklane.emulator.console import ConsoleConfig
-from tasklane.emulator.dead_letters import CombinedLetters, DirectoryLetters, HandlerLogLetters, LetterSource
+from tasklane.emulator.dead_letters import (
+    FIRESTORE_EMULATOR_HOST,
+    CombinedLetters,
+    HandlerLogLetters,
+    LetterSource,
+    directory_letters,
+    firestore_letters,
+)
 from tasklane.emulator.faults import Faults
 from tasklane.emulator.server import EmulatorConfig, EmulatorServer
 from tasklane.emulator.store import StateFileError
@@ -124,6 +131,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the handler's JSON log: the console shows the dead letters it records")
     parser.add_argument("--dead-letter-dir", type=Path, metavar="DIR",
                         help="the local dead-letter store's directory (one JSON file a letter), for the console")
+    parser.add_argument("--dead-letter-firestore", type=_database_path, metavar="projects/P/databases/D",
+                        help="the Firestore database the handler keeps dead letters in, for the console (needs "
+                             f"{FIRESTORE_EMULATOR_HOST}: Google's Firestore emulator)")
     parser.add_argument("--console-replay-url", metavar="URL",
                         help="where the console's Replay sends a letter whose original attempts are no longer known "
                              "(the handler's base URL)")
@@ -133,7 +143,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.final_failures_topic and not os.environ.get("PUBSUB_EMULATOR_HOST"):
         parser.error("--final-failures-topic needs PUBSUB_EMULATOR_HOST (Google's Pub/Sub emulator); "
                      "start it with `gcloud beta emulators pubsub start`")
+    if args.dead_letter_firestore and not os.environ.get(FIRESTORE_EMULATOR_HOST):
+        parser.error(f"--dead-letter-firestore needs {FIRESTORE_EMULATOR_HOST} (Google's Firestore emulator); "
+                     "start it with `gcloud emulators firestore start`")
     return args
+
+
+def _database_path(text: str) -> tuple[str, str]:
+    """projects/P/databases/D as (P, D)."""
+    match = re.fullmatch(r"projects/([a-z][a-z0-9-]{4,28}[a-z0-9])/databases/([a-z][a-z0-9-]{2,62}|\(default\))",
+                         text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a database path; write projects/PROJECT/databases/DATABASE")
+    return match.group(1), match.group(2)
 
 
 def _topic_path(text: str) -> str:
@@ -144,8 +166,10 @@ def _topic_path(text: str) -> str:
 
 def console_config(args: argparse.Namespace) -> ConsoleConfig:
     sources: list[LetterSource] = []
+    if args.dead_letter_firestore:
+        sources.append(firestore_letters(*args.dead_letter_firestore))
     if args.dead_letter_dir:
-        sources.append(DirectoryLetters(args.dead_letter_dir))
+        sources.append(directory_letters(args.dead_letter_dir))
     if args.dead_letter_log:
         sources.append(HandlerLogLetters(args.dead_letter_log))
     return ConsoleConfig(letters=CombinedLetters(sources), replay_url=args.console_replay_url,

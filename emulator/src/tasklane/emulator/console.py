@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import inspect
 import json
 import secrets
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from tasklane.emulator.dead_letters import CombinedLetters, Letter, LetterSource
+from tasklane.core.dead_letter_store import CorruptLetter, Replay, StoredLetter, replay_request, utc_now
+from tasklane.emulator.dead_letters import CombinedLetters, LetterSource, LettersUnavailable
 from tasklane.emulator.dispatcher import AttemptRecord
 from tasklane.emulator.errors import ApiError
 from tasklane.emulator.rpc import CloudTasksApi
@@ -82,28 +84,6 @@ def shown_headers(headers: dict[str, str]) -> tuple[dict[str, str], dict[str, An
     return shown, claims
 
 
-# The handler's header for a task's own idempotency key (handler/wire.py; a test keeps the two equal): the
-# emulator stands alone, so it names it rather than importing the handler.
-IDEMPOTENCY_KEY_HEADER = "X-Tasklane-Idempotency-Key"
-
-
-def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
-    """A replay's body: a new `idempotencyKey` if it held one (the old key is done and would make the replay a
-    duplicate), as `tasklane dead-letters replay` does."""
-    try:
-        order = json.loads(body)
-    except (ValueError, RecursionError):
-        return body, None
-    if not isinstance(order, dict) or not isinstance(order.get("idempotencyKey"), str):
-        return body, None
-    order["idempotencyKey"] = key = fresh_key(order["idempotencyKey"])
-    return json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode(), key
-
-
-def fresh_key(key: str) -> str:
-    return f"{key.split('~replay-')[0][:480]}~replay-{secrets.token_hex(4)}"
-
-
 @dataclass
 class _Listing:
     members: set[str]
@@ -128,7 +108,7 @@ class Console:
     def _micros(self, stamp: Any) -> float | None:
         return stamp.seconds + stamp.nanos / 1e9 if stamp.seconds or stamp.nanos else None
 
-    def overview(self) -> dict[str, Any]:
+    async def overview(self) -> dict[str, Any]:
         now = self.engine.clock.now()
         recent: dict[str, int] = {}
         outcomes: dict[str, dict[str, int]] = {}
@@ -154,8 +134,13 @@ class Console:
                          "maxConcurrentDispatches": limits.max_concurrent_dispatches},
                 "retry": json_format.MessageToDict(retry),
             })
-        return {"now": now, "queues": queues, "deadLetters": len(self.letters.letters()),
-                "deadLetterSource": self.letters.description}
+        try:
+            letters: int | None = len(await self.letters.list())
+            unavailable = None
+        except LettersUnavailable as error:
+            letters, unavailable = None, str(error)
+        return {"now": now, "queues": queues, "deadLetters": letters, "deadLetterSource": self.letters.description,
+                "deadLettersUnavailable": unavailable}
 
     def _names(self, queue: str) -> tuple[list[str], list[str]]:
         """The queue's task names, sorted, and their IDs in lower case (for search). Kept between requests and
@@ -256,16 +241,13 @@ class Console:
                 "exists": state is not None, "status": status, "task": task_info,
                 "body": decode_body(body) if body is not None else None, "attempts": attempts}
 
-    def _letter_json(self, letter: Letter) -> dict[str, Any]:
-        return {"id": letter.id, "kind": letter.kind, "reason": letter.reason, "taskName": letter.task_name,
-                "queueName": letter.queue_name, "attempt": letter.attempt, "method": letter.method,
-                "path": letter.path, "headers": letter.headers, "firstSeen": letter.first_seen,
-                "body": decode_body(letter.body), "replays": letter.replays}
-
-    def dead_letters(self, limit: int) -> dict[str, Any]:
-        letters = self.letters.letters()
+    async def dead_letters(self, limit: int) -> dict[str, Any]:
+        """The newest `limit` letters with their bodies: the store's record (`StoredLetter.summary`), the body
+        decoded."""
+        letters = await self.letters.list()
+        shown = [await self.letters.with_body(letter) for letter in letters[:limit]]
         return {"source": self.letters.description, "total": len(letters),
-                "letters": [self._letter_json(letter) for letter in letters[:limit]]}
+                "letters": [{**letter.summary(), "body": decode_body(letter.body or b"")} for letter in shown]}
 
     # -- Actions ------------------------------------------------------------------------------------
 
@@ -286,14 +268,14 @@ class Console:
         return f"{name.rsplit('/', 1)[1]}: {done}"
 
     async def replay(self, letter_id: str) -> str:
-        letter = next((letter for letter in self.letters.letters() if letter.id == letter_id), None)
+        """A new task from the letter, by the same rule as `tasklane dead-letters replay`
+        (`replay_request`), recorded on the letter where it is kept."""
+        letter = await self.letters.get(letter_id)
         if letter is None:
             raise ValueError(f"no dead letter {letter_id}")
-        if not letter.body:
-            raise ValueError(f"letter {letter_id} has no body ({letter.kind}): there is nothing to replay")
+        replay = replay_request(letter)
         queue = self._queue_of(letter)
         url, email, audience = self._target_of(letter)
-        body, key = with_fresh_key(letter.body)
         rpc = self.api.rpcs["CreateTask"]
         request: Any = rpc.request_type()
         request.parent = queue
@@ -302,23 +284,18 @@ class Console:
         http.http_method = {"GET": 2, "HEAD": 3, "PUT": 4, "DELETE": 5, "PATCH": 6, "OPTIONS": 7}.get(
             letter.method.upper(), 1)
         if http.http_method in (1, 4, 6):
-            http.body = body
-        content_type = next((v for k, v in letter.headers.items() if k.lower() == "content-type"),
-                            "application/json")
-        http.headers["Content-Type"] = content_type
-        header_key = next((v for k, v in letter.headers.items() if k.lower() == IDEMPOTENCY_KEY_HEADER.lower()),
-                          None)
-        if header_key is not None:  # a typed route's own key: done, so the replay needs a new one too
-            http.headers[IDEMPOTENCY_KEY_HEADER] = key = fresh_key(header_key)
+            http.body = replay.body
+        http.headers["Content-Type"] = replay.content_type
+        http.headers.update(replay.headers)
         if email:
             http.oidc_token.service_account_email = email
             http.oidc_token.audience = audience or url
         created = await self.api.invoke(rpc, request)
         task_name = str(created.name)  # type: ignore[attr-defined]
-        self.letters.record_replay(letter.id, task_name, key)
+        await self.letters.record_replay(letter.id, Replay(utc_now(), task_name, replay.idempotency_key))
         return f"replayed {letter.id[:12]} as {task_name.rsplit('/', 1)[1]}"
 
-    def _queue_of(self, letter: Letter) -> str:
+    def _queue_of(self, letter: StoredLetter) -> str:
         names = list(self.engine.queues)
         wanted = letter.queue_name or ""
         for name in names:
@@ -328,9 +305,9 @@ class Console:
             return names[0]
         raise ValueError(f"no queue {wanted or '(unnamed)'} to replay letter {letter.id} into")
 
-    def _target_of(self, letter: Letter) -> tuple[str, str | None, str | None]:
+    def _target_of(self, letter: StoredLetter) -> tuple[str, str | None, str | None]:
         """URL, OIDC account and audience: the original task's, from its attempts, else the configured ones."""
-        task_id = letter.task_id
+        task_id = letter.task_name.rsplit("/", 1)[-1] if letter.task_name else None
         for record in reversed(self.dispatcher.attempts):
             if task_id and record.task.rsplit("/", 1)[1] == task_id:
                 _, claims = shown_headers(record.request_headers)
@@ -387,11 +364,16 @@ def console_routes(api: CloudTasksApi, config: ConsoleConfig, host: str) -> list
             if not console._own_host(request.headers.get("host", "")):
                 return JSONResponse({"error": "unknown Host"}, status_code=421)
             try:
-                return JSONResponse(handler(request), headers={"Cache-Control": "no-store"})
+                answer = handler(request)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                return JSONResponse(answer, headers={"Cache-Control": "no-store"})
             except KeyError as missing:
                 return JSONResponse({"error": f"not found: {missing.args[0]}"}, status_code=404)
             except ValueError as error:
                 return JSONResponse({"error": str(error)}, status_code=400)
+            except LettersUnavailable as error:
+                return JSONResponse({"error": str(error)}, status_code=503)
         return endpoint
 
     def limit_of(request: Request) -> int:
@@ -412,6 +394,8 @@ def console_routes(api: CloudTasksApi, config: ConsoleConfig, host: str) -> list
             return JSONResponse({"message": await console.act(body["action"], body["name"])})
         except ApiError as error:
             return JSONResponse({"error": f"{error.code.name}: {error.message}"}, status_code=409)
+        except (LettersUnavailable, CorruptLetter) as error:
+            return JSONResponse({"error": str(error)}, status_code=503)
         except (ValueError, KeyError) as error:
             return JSONResponse({"error": str(error)}, status_code=400)
 

@@ -1,59 +1,143 @@
-"""Where the console finds dead letters: the handler's structured log, or the local dead-letter store's files.
+"""Where the console finds dead letters: the dead-letter store the handler keeps them in, or its structured log.
 
-The handler writes every dead letter as ERROR log entries carrying `tasklane_dead_letter` (handler/dead_letter.py;
-a large body is split over entries with the same `id` and `part`/`parts`). The local dead-letter store keeps one
-JSON file per letter in a directory (`FileDeadLetterStore`, handler/dead_letter_store.py): camelCase fields, the
-body base64, and the letter's replays. The console reads either through `LetterSource`, so it needs neither the
-handler's code nor its dependencies; with both, a letter stored as a file wins over its log entry (same ID).
+The store is the one the operators' CLI (`python -m tasklane.producer dead-letters`) reads: `FileDeadLetterStore` (one
+JSON file a letter, `make local` without the Firestore emulator) or `FirestoreDeadLetterStore` (Google's
+Firestore emulator), both from handler/dead_letter_store.py, with the same record, `StoredLetter`. Those modules
+are light: the console needs neither the handler's web stack nor its dependencies.
+
+The handler also writes every dead letter as ERROR log entries carrying `tasklane_dead_letter`
+(handler/dead_letter.py; a large body is split over entries with the same `id` and `part`/`parts`), which is
+all there is without a store. With both, a letter in the store wins over its log entry (the same ID).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
+import hashlib
 import json
+import logging
 import os
-import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from tasklane.core.dead_letter_store import (
+    CorruptLetter,
+    DeadLetterStore,
+    FileDeadLetterStore,
+    Replay,
+    StoredLetter,
+    utc_now,
+)
+
 DEAD_LETTER_FIELD = "tasklane_dead_letter"
+MOST_LETTERS = 10_000
+"""The most letters the console lists (and counts) from one source."""
+STORE_SECONDS = 5.0
+"""How long the console waits for a store's answer before saying it cannot be read."""
+FIRESTORE_EMULATOR_HOST = "FIRESTORE_EMULATOR_HOST"
+
+log = logging.getLogger("emulator.console")
 
 
-@dataclass
-class Letter:
-    id: str
-    kind: str
-    reason: str
-    task_name: str | None
-    queue_name: str | None
-    attempt: int
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    first_seen: str | None
-    replays: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def task_id(self) -> str | None:
-        return self.task_name.rsplit("/", 1)[-1] if self.task_name else None
+class LettersUnavailable(Exception):
+    """A store could not be read or written now (the message says which, and why); the console shows it."""
 
 
 class LetterSource(Protocol):
     description: str
 
-    def letters(self) -> list[Letter]:
-        """Every letter, newest first."""
+    async def list(self) -> Sequence[StoredLetter]:
+        """Every letter, newest first; bodies may be left out (see `with_body`)."""
 
-    def record_replay(self, letter_id: str, task_name: str, idempotency_key: str | None) -> None:
-        """Remember that the letter was replayed as `task_name`."""
+    async def with_body(self, letter: StoredLetter) -> StoredLetter:
+        """A listed letter with its body."""
+
+    async def get(self, letter_id: str) -> StoredLetter | None:
+        """The letter as it is now, with its body."""
+
+    async def record_replay(self, letter_id: str, replay: Replay) -> None:
+        """Remember that the letter was replayed; KeyError if there is no such letter."""
+
+    async def aclose(self) -> None:
+        """Release what the source holds open."""
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat()
+class StoreLetters:
+    """Letters in a dead-letter store. A letter's body never changes (its ID and SHA-256 say so), so each is read
+    once, not at every refresh of the page."""
+
+    def __init__(self, store: DeadLetterStore, description: str,
+                 close: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.store = store
+        self.description = description
+        self._close = close
+        self._bodies: dict[tuple[str, str], bytes] = {}
+
+    async def _call(self, operation: Awaitable[Any]) -> Any:
+        try:
+            async with asyncio.timeout(STORE_SECONDS):
+                return await operation
+        except (KeyError, CorruptLetter):
+            raise
+        except TimeoutError:
+            raise LettersUnavailable(f"{self.description} did not answer within {STORE_SECONDS:g} s") from None
+        except Exception as error:  # noqa: BLE001 - whatever the store's client raises, the page says it
+            reason = str(getattr(error, "message", None) or error).strip().splitlines()
+            raise LettersUnavailable(f"{self.description} cannot be read: "
+                                     f"{reason[0] if reason else type(error).__name__}") from error
+
+    async def list(self) -> Sequence[StoredLetter]:
+        letters: Sequence[StoredLetter] = await self._call(self.store.list(limit=MOST_LETTERS))
+        listed = {(letter.id, letter.body_sha256) for letter in letters}
+        for gone in [key for key in self._bodies if key not in listed]:
+            del self._bodies[gone]
+        return letters
+
+    async def with_body(self, letter: StoredLetter) -> StoredLetter:
+        body = self._bodies.get((letter.id, letter.body_sha256))
+        if body is None:
+            try:
+                full = await self._call(self.store.get(letter.id))
+            except CorruptLetter as error:
+                log.warning("%s", error)
+                return replace(letter, body=b"", details={**letter.details, "bodyError": str(error)})
+            if full is None or full.body is None:  # deleted meanwhile
+                return replace(letter, body=b"")
+            body = self._bodies[(letter.id, letter.body_sha256)] = full.body
+        return replace(letter, body=body)
+
+    async def get(self, letter_id: str) -> StoredLetter | None:
+        letter: StoredLetter | None = await self._call(self.store.get(letter_id))
+        return letter
+
+    async def record_replay(self, letter_id: str, replay: Replay) -> None:
+        await self._call(self.store.record_replay(letter_id, replay))
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            await self._close()
+
+
+def directory_letters(directory: Path) -> StoreLetters:
+    """The local dead-letter store's files (`make local` without the Firestore emulator)."""
+    return StoreLetters(FileDeadLetterStore(Path(directory)), f"the dead-letter store {directory}")
+
+
+def firestore_letters(project: str, database: str) -> StoreLetters:
+    """The dead letters in a database of Google's Firestore emulator (FIRESTORE_EMULATOR_HOST), as the handler
+    and the operators' CLI keep and read them."""
+    from tasklane.core.firestore_client import LazyFirestore
+    from tasklane.core.firestore_dead_letters import FirestoreDeadLetterStore
+
+    firestore = LazyFirestore(project, database)
+    return StoreLetters(FirestoreDeadLetterStore(firestore),
+                        f"the Firestore database {database} of project {project} (Firestore emulator on "
+                        f"{os.environ.get(FIRESTORE_EMULATOR_HOST, 'unset')})", close=firestore.aclose)
 
 
 class HandlerLogLetters:
@@ -66,8 +150,7 @@ class HandlerLogLetters:
         self._offset = 0
         self._pending = b""
         self._parts: dict[str, dict[int, dict[str, Any]]] = {}
-        self._letters: dict[str, Letter] = {}
-        self._replays: dict[str, list[dict[str, Any]]] = {}
+        self._letters: dict[str, StoredLetter] = {}
 
     def _read(self) -> None:
         try:
@@ -78,9 +161,9 @@ class HandlerLogLetters:
             self._offset, self._pending, self._parts, self._letters = 0, b"", {}, {}
         if size == self._offset:
             return
-        with self.path.open("rb") as log:
-            log.seek(self._offset)
-            chunk = log.read(size - self._offset)
+        with self.path.open("rb") as handler_log:
+            handler_log.seek(self._offset)
+            chunk = handler_log.read(size - self._offset)
         self._offset += len(chunk)
         lines = (self._pending + chunk).split(b"\n")
         self._pending = lines.pop()
@@ -99,7 +182,7 @@ class HandlerLogLetters:
         letter_id = record["id"]
         parts = self._parts.setdefault(letter_id, {})
         parts[int(record.get("part", 1))] = record
-        record["seen"] = str(when) if when is not None else _now()
+        record["seen"] = _seen(when)
         total = int(record.get("parts", 1))
         if len(parts) < total or 1 not in parts:
             return
@@ -109,67 +192,44 @@ class HandlerLogLetters:
         except (KeyError, binascii.Error):
             return
         del self._parts[letter_id]
-        self._letters[letter_id] = Letter(
+        earlier = self._letters.get(letter_id)
+        self._letters[letter_id] = StoredLetter(
             id=letter_id, kind=str(first.get("kind", "")), reason=str(first.get("reason", "")),
             task_name=first.get("task_name"), queue_name=first.get("queue_name"),
             attempt=int(first.get("attempt") or 0), method=str(first.get("method", "POST")),
-            path=str(first.get("path", "/")), headers=dict(first.get("headers") or {}), body=body,
-            first_seen=first.get("seen"), replays=self._replays.setdefault(letter_id, []))
+            path=str(first.get("path", "/")), headers=dict(first.get("headers") or {}),
+            details=dict(first.get("details") or {}), first_seen=earlier.first_seen if earlier else first["seen"],
+            last_seen=first["seen"], times_seen=earlier.times_seen + 1 if earlier else 1, body_bytes=len(body),
+            body_sha256=hashlib.sha256(body).hexdigest(), replays=earlier.replays if earlier else (), body=body)
 
-    def letters(self) -> list[Letter]:
+    async def list(self) -> Sequence[StoredLetter]:
         self._read()
-        return list(reversed(self._letters.values()))
+        return list(reversed(self._letters.values()))[:MOST_LETTERS]
 
-    def record_replay(self, letter_id: str, task_name: str, idempotency_key: str | None) -> None:
-        self._replays.setdefault(letter_id, []).append(
-            {"at": _now(), "taskName": task_name, "idempotencyKey": idempotency_key})
-
-
-class DirectoryLetters:
-    """Letters kept one JSON file each by the local dead-letter store (`FileDeadLetterStore`)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.description = f"the dead-letter store {self.directory}"
-        self._cache: dict[str, tuple[float, Letter]] = {}
-
-    def _load(self, path: Path) -> Letter | None:
-        try:
-            mtime = path.stat().st_mtime
-            cached = self._cache.get(path.stem)
-            if cached is not None and cached[0] == mtime:
-                return cached[1]
-            record = json.loads(path.read_text(encoding="utf-8"))
-            letter = Letter(
-                id=path.stem, kind=str(record["kind"]), reason=str(record["reason"]),
-                task_name=record.get("taskName"), queue_name=record.get("queueName"),
-                attempt=int(record.get("attempt") or 0), method=str(record.get("method", "POST")),
-                path=str(record.get("path", "/")),
-                headers={h["name"]: h["value"] for h in record.get("headers", [])},
-                body=base64.b64decode(record.get("body", "")), first_seen=record.get("firstSeen"),
-                replays=list(record.get("replays") or []))
-        except (OSError, ValueError, KeyError, TypeError, binascii.Error):
-            return None
-        self._cache[path.stem] = (mtime, letter)
+    async def with_body(self, letter: StoredLetter) -> StoredLetter:
         return letter
 
-    def letters(self) -> list[Letter]:
-        if not self.directory.is_dir():
-            return []
-        found = [letter for path in self.directory.glob("*.json") if (letter := self._load(path)) is not None]
-        return sorted(found, key=lambda letter: (letter.first_seen or "", letter.id), reverse=True)
+    async def get(self, letter_id: str) -> StoredLetter | None:
+        self._read()
+        return self._letters.get(letter_id)
 
-    def record_replay(self, letter_id: str, task_name: str, idempotency_key: str | None) -> None:
-        if not letter_id or not all(c in "0123456789abcdef" for c in letter_id):
-            raise KeyError(letter_id)
-        path = self.directory / f"{letter_id}.json"
-        record = json.loads(path.read_text(encoding="utf-8"))
-        record.setdefault("replays", []).append({"at": _now(), "taskName": task_name,
-                                                  "idempotencyKey": idempotency_key})
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.directory, suffix=".tmp",
-                                         delete=False) as temporary:
-            temporary.write(json.dumps(record, ensure_ascii=False))
-        os.replace(temporary.name, path)
+    async def record_replay(self, letter_id: str, replay: Replay) -> None:
+        letter = self._letters[letter_id]
+        self._letters[letter_id] = replace(letter, replays=(*letter.replays, replay))
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _seen(when: Any) -> datetime.datetime:
+    """When a log entry was written, if it says; else now (when the console first read it)."""
+    if isinstance(when, str):
+        try:
+            seen = datetime.datetime.fromisoformat(when)
+        except ValueError:
+            return utc_now()
+        return seen if seen.tzinfo is not None else seen.replace(tzinfo=datetime.UTC)
+    return utc_now()
 
 
 class CombinedLetters:
@@ -178,17 +238,36 @@ class CombinedLetters:
     def __init__(self, sources: list[LetterSource]) -> None:
         self.sources = sources
         self.description = " and ".join(source.description for source in sources) or "none configured"
+        self._owners: dict[str, LetterSource] = {}
 
-    def letters(self) -> list[Letter]:
-        seen: dict[str, Letter] = {}
+    async def list(self) -> Sequence[StoredLetter]:
+        seen: dict[str, StoredLetter] = {}
+        owners: dict[str, LetterSource] = {}
         for source in self.sources:
-            for letter in source.letters():
-                seen.setdefault(letter.id, letter)
-        return sorted(seen.values(), key=lambda letter: (letter.first_seen or "", letter.id), reverse=True)
+            for letter in await source.list():
+                if letter.id not in seen:
+                    seen[letter.id], owners[letter.id] = letter, source
+        self._owners = owners
+        return sorted(seen.values(), key=lambda letter: (letter.first_seen, letter.id), reverse=True)
 
-    def record_replay(self, letter_id: str, task_name: str, idempotency_key: str | None) -> None:
+    async def with_body(self, letter: StoredLetter) -> StoredLetter:
+        owner = self._owners.get(letter.id)
+        return letter if owner is None else await owner.with_body(letter)
+
+    async def get(self, letter_id: str) -> StoredLetter | None:
         for source in self.sources:
-            if any(letter.id == letter_id for letter in source.letters()):
-                source.record_replay(letter_id, task_name, idempotency_key)
+            letter = await source.get(letter_id)
+            if letter is not None:
+                return letter
+        return None
+
+    async def record_replay(self, letter_id: str, replay: Replay) -> None:
+        for source in self.sources:
+            if await source.get(letter_id) is not None:
+                await source.record_replay(letter_id, replay)
                 return
         raise KeyError(letter_id)
+
+    async def aclose(self) -> None:
+        for source in self.sources:
+            await source.aclose()

@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 
 from tasklane.emulator.clock import Clock
 from tasklane.emulator.engine import Attempt, Engine, QueueState, TaskState, rpc_code_for
+from tasklane.emulator.store import StoredAttempt
 from tasklane.emulator.task_operations_log import AttemptResponse, TaskOperationsLog
 from tasklane.emulator.tokens import TokenIssuer
 from tasklane.emulator.validation import FRAMING_HEADER
@@ -34,6 +35,9 @@ RESPONSE_BYTES_KEPT = 1024
 STORAGE_RETRY_SECONDS = 0.5
 """Real time between tries to save dispatch outcomes the state file could not take."""
 OAUTH_PLACEHOLDER_TOKEN = "ya29.tasklane-emulator-oauth-token"  # the emulator cannot mint Google access tokens
+INTERRUPTED = "interrupted"
+"""The outcome of an attempt the emulator stopped during (read back from the state file); the task, still
+there, is dispatched again."""
 
 
 class TokenBucket:
@@ -86,6 +90,23 @@ class AttemptRecord:
     request_body: bytes = b""
     """The start of the task's body (at most RESPONSE_BYTES_READ), so the console can show what a finished or
     deleted task sent; the task's own bytes object while it fits, so no copy is made."""
+    seq: int = 0
+    """Its place in the history, which the state file keeps in this order."""
+
+    def stored(self) -> StoredAttempt:
+        return StoredAttempt(self.seq, self.task, {
+            "queue": self.queue, "attempt": self.attempt, "method": self.method, "url": self.url,
+            "request_headers": self.request_headers, "started": self.started, "status": self.status,
+            "outcome": self.outcome, "error": self.error, "finished": self.finished,
+            "response_body": self.response_body, "extra": self.extra}, self.request_body)
+
+    @classmethod
+    def from_stored(cls, stored: StoredAttempt) -> AttemptRecord:
+        record = cls(task=stored.task, seq=stored.seq, request_body=stored.request_body, **stored.record)
+        if record.outcome == "in_flight":  # the emulator stopped while it ran
+            record.outcome = INTERRUPTED
+            record.error = record.error or "the emulator stopped before this attempt finished"
+        return record
 
 
 class Dispatcher:
@@ -98,7 +119,13 @@ class Dispatcher:
         self.clock = clock
         self.enforce_rate_limits = enforce_rate_limits
         self.app_engine_url = app_engine_url.rstrip("/") if app_engine_url else None
-        self.attempts: collections.deque[AttemptRecord] = collections.deque(maxlen=attempts_kept)
+        self.attempts: collections.deque[AttemptRecord] = collections.deque(
+            (AttemptRecord.from_stored(stored) for stored in engine.store.attempts(attempts_kept)),
+            maxlen=attempts_kept)
+        """The history, oldest first; with a state file it is saved there and read back at start."""
+        self._keeps_history = engine.store.durable
+        self._next_seq = self.attempts[-1].seq + 1 if self.attempts else 1
+        self._history_pruned_below = 0
         self.runtimes: dict[str, QueueRuntime] = {}
         self._woken = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
@@ -130,9 +157,14 @@ class Dispatcher:
 
     def prune(self, before: float) -> None:
         """Forget attempt records of attempts that finished before `before` (they are kept for as long as a
-        finished task's name is reserved, and at most `attempts_kept` of them)."""
-        while self.attempts and self.attempts[0].finished is not None and self.attempts[0].finished < before:
+        finished task's name is reserved, and at most `attempts_kept` of them), here and in the state file."""
+        while self.attempts and self.attempts[0].outcome != "in_flight" and \
+                (self.attempts[0].finished or self.attempts[0].started) < before:
             self.attempts.popleft()
+        below = self.attempts[0].seq if self.attempts else self._next_seq
+        if self._keeps_history and below > self._history_pruned_below:
+            self.engine.forget_history(below)
+            self._history_pruned_below = below
         self.tokens.prune()
 
     def _runtime(self, queue: QueueState) -> QueueRuntime:
@@ -162,8 +194,10 @@ class Dispatcher:
         now = self.clock.now()
         wake_at: float | None = None
         started: list[TaskState] = []
+        history: list[AttemptRecord] = []
         for state in self.engine.run_requests():  # RunTask: no schedule, pause or rate limit applies
-            started.append(self._start(state, self._runtime(self.engine.queues[state.queue]), persist=False))
+            started.append(state)
+            history.append(self._start(state, self._runtime(self.engine.queues[state.queue]), persist=False))
         for queue in list(self.engine.running_queues()):
             runtime = self._runtime(queue)
             most = queue.queue.rate_limits.max_concurrent_dispatches
@@ -180,9 +214,11 @@ class Dispatcher:
                     wake_at = at if wake_at is None else min(wake_at, at)
                     break
                 self.engine.take_due(queue)
-                started.append(self._start(due[1], runtime, persist=False))
-        # One commit for every attempt started here; their requests go out only after this returns.
-        self.engine.persist(started)
+                started.append(due[1])
+                history.append(self._start(due[1], runtime, persist=False))
+        # One commit for every attempt started here, and their records; their requests go out only after this
+        # returns.
+        self.engine.persist(started, history if self._keeps_history else None)
         return wake_at
 
     async def _sleep(self, until: float | None, retry_storage: bool = False) -> None:
@@ -203,14 +239,26 @@ class Dispatcher:
         if not state.in_flight:
             self._start(state, self._runtime(self.engine.queues[state.queue]))
 
-    def _start(self, state: TaskState, runtime: QueueRuntime, persist: bool = True) -> TaskState:
-        attempt = self.engine.begin_attempt(state, persist=persist)
+    def _start(self, state: TaskState, runtime: QueueRuntime, persist: bool = True) -> AttemptRecord:
+        """Begin an attempt and add its record to the history; with `persist`, save both now (else the caller
+        saves them with `Engine.persist` before the request goes out)."""
+        attempt = self.engine.begin_attempt(state, persist=False)
+        headers = self.headers_for(attempt)
+        url = self._url(attempt)
+        record = AttemptRecord(task=attempt.task_name, queue=attempt.task_name.split("/tasks/")[0],
+                               attempt=attempt.retry_count + 1, method=attempt.method, url=url or attempt.url,
+                               request_headers=dict(headers), started=attempt.started,
+                               request_body=attempt.body[:RESPONSE_BYTES_READ], seq=self._next_seq)
+        self._next_seq += 1
+        self.attempts.append(record)
+        if persist:
+            self.engine.persist([state], [record] if self._keeps_history else None)
         runtime.in_flight += 1
         runtime.peak_in_flight = max(runtime.peak_in_flight, runtime.in_flight)
-        send = asyncio.create_task(self._send(attempt, runtime))
+        send = asyncio.create_task(self._send(attempt, runtime, record, headers, url))
         self._sends.add(send)
         send.add_done_callback(self._sends.discard)
-        return state
+        return record
 
     def headers_for(self, attempt: Attempt) -> CIMultiDict[str]:
         """The task's own headers (casing kept) and the X-CloudTasks-* headers (§7.1-7.7)."""
@@ -237,14 +285,8 @@ class Dispatcher:
             return attempt.url
         return f"{self.app_engine_url}{attempt.url}" if self.app_engine_url else None
 
-    async def _send(self, attempt: Attempt, runtime: QueueRuntime) -> None:
-        headers = self.headers_for(attempt)
-        url = self._url(attempt)
-        record = AttemptRecord(task=attempt.task_name, queue=attempt.task_name.split("/tasks/")[0],
-                               attempt=attempt.retry_count + 1, method=attempt.method, url=url or attempt.url,
-                               request_headers=dict(headers), started=attempt.started,
-                               request_body=attempt.body[:RESPONSE_BYTES_READ])
-        self.attempts.append(record)
+    async def _send(self, attempt: Attempt, runtime: QueueRuntime, record: AttemptRecord,
+                    headers: CIMultiDict[str], url: str | None) -> None:
         status, retry_after, answered = UNREACHABLE, None, False
         try:
             if url is None:
@@ -261,7 +303,8 @@ class Dispatcher:
             runtime.in_flight -= 1
         record.status, record.finished = status, self.clock.now()
         before = self._log_context(attempt)
-        record.outcome = self.engine.finish_attempt(attempt, status, retry_after, answered=answered)
+        record.outcome = self.engine.finish_attempt(attempt, status, retry_after, answered=answered,
+                                                    history=record if self._keeps_history else None)
         if before is not None:
             self._log_attempt(attempt, record, before, answered)
         self.wake()

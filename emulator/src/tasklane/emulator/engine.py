@@ -14,9 +14,9 @@ import heapq
 import http
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from google.cloud.tasks_v2.types import queue as queue_types
 from google.cloud.tasks_v2.types import target as target_types
@@ -26,7 +26,7 @@ from google.rpc import code_pb2
 from tasklane.emulator import errors
 from tasklane.emulator.clock import Clock
 from tasklane.emulator.retry import policy_of
-from tasklane.emulator.store import StorageError, Store, StoredTask
+from tasklane.emulator.store import StorageError, Store, StoredAttempt, StoredTask
 from tasklane.emulator.validation import (
     MAX_TIMESTAMP_SECONDS,
     Queue,
@@ -142,6 +142,15 @@ class Attempt:
     """Started by RunTask: a failure reschedules from when RunTask was called (§10.5)."""
 
 
+class AttemptHistory(Protocol):
+    """The dispatcher's record of one attempt, saved in the same transaction as its task's state."""
+
+    seq: int
+    outcome: str
+
+    def stored(self) -> StoredAttempt: ...
+
+
 class Engine:
     def __init__(self, store: Store, clock: Clock, *, task_tombstone_seconds: float = DEFAULT_TASK_TOMBSTONE_SECONDS,
                  queue_tombstone_seconds: float = DEFAULT_QUEUE_TOMBSTONE_SECONDS) -> None:
@@ -157,6 +166,8 @@ class Engine:
         self._run_requested: set[str] = set()
         self._unsaved: set[str] = set()
         """Tasks whose state on disk is behind memory: a dispatch outcome the store could not take."""
+        self._unsaved_history: dict[int, AttemptHistory] = {}
+        """Attempt records to write with the next save (by `seq`), as they are then."""
         self._storage_failing = False
         self._removed = 0
         """Tasks and tombstones removed since the containers were last compacted."""
@@ -214,31 +225,34 @@ class Engine:
             self._save_outcome(state.name)
 
     def _save_outcome(self, name: str) -> None:
+        """Mark a dispatch outcome for saving; `finish_attempt` saves it, with the attempt's record."""
         self._unsaved.add(name)
-        self.save_unsaved()
 
     @property
     def unsaved(self) -> int:
-        """How many tasks' latest state is not on disk yet (storage failing); retried by `save_unsaved`."""
-        return len(self._unsaved)
+        """How many tasks' latest states and attempt records are not on disk yet (storage failing); retried
+        by `save_unsaved`."""
+        return len(self._unsaved) + len(self._unsaved_history)
 
     def save_unsaved(self) -> bool:
-        """Write every task state the store could not take earlier, in one transaction; True when none is
-        left. A task is written as memory has it now: saved if it still exists, else deleted and tombstoned."""
-        if not self._unsaved:
+        """Write every task state and attempt record the store could not take earlier, in one transaction;
+        True when none is left. A task is written as memory has it now: saved if it still exists, else deleted
+        and tombstoned."""
+        if not self._unsaved and not self._unsaved_history:
             return True
         names = list(self._unsaved)
         saved = [self.tasks[name].stored() for name in names if name in self.tasks]
         removed = [(name, self._task_tombstones.get(name, self.clock.now())) for name in names
                    if name not in self.tasks]
         try:
-            self.store.sync_tasks(saved, removed)
+            self.store.sync_tasks(saved, removed, [record.stored() for record in self._unsaved_history.values()])
         except StorageError as error:
             if not self._storage_failing:
                 log.warning("%s; task outcomes are kept in memory and written once it can be", error)
             self._storage_failing = True
             return False
         self._unsaved.difference_update(names)
+        self._unsaved_history.clear()
         if self._storage_failing:
             log.warning("the state file can be written again; %d task outcome(s) saved", len(names))
             self._storage_failing = False
@@ -506,19 +520,40 @@ class Engine:
             eta=_micros(task.schedule_time) / 1_000_000,
             previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
 
-    def persist(self, states: list[TaskState]) -> None:
-        """Save attempts that are starting; if the store fails, they are saved later (`save_unsaved`)."""
-        if states:
+    def persist(self, states: list[TaskState], history: Sequence[AttemptHistory] | None = None) -> None:
+        """Save attempts that are starting, and their records in the history, in one transaction; if the store
+        fails, they are saved later (`save_unsaved`)."""
+        if states or history:
             self._unsaved.update(state.name for state in states)
+            self._unsaved_history.update((record.seq, record) for record in history or ())
             self.save_unsaved()
 
+    def forget_history(self, below: int) -> None:
+        """Drop the attempt records before `seq` `below` from the store (the dispatcher no longer keeps them);
+        if the store fails, the next call tries again."""
+        for seq in [seq for seq in self._unsaved_history if seq < below]:
+            del self._unsaved_history[seq]
+        try:
+            self.store.prune_attempts(below)
+        except StorageError as error:
+            log.warning("could not prune the attempt history: %s; trying again later", error)
+
     def finish_attempt(self, attempt: Attempt, status: int, retry_after: float | None, *, answered: bool = True,
-                       ) -> str:
+                       history: AttemptHistory | None = None) -> str:
         """Record an attempt's outcome. Without an answer, `status` stands for what happened: 504 for no
-        answer before the deadline (§1.4), 502 for a target that could not be reached.
+        answer before the deadline (§1.4), 502 for a target that could not be reached. With `history`, the
+        attempt's record takes the outcome and is saved in the same transaction as the task.
 
         Returns "succeeded", "retrying", "gave_up" or "gone" (deleted or purged meanwhile).
         """
+        outcome = self._outcome(attempt, status, retry_after, answered)
+        if history is not None:
+            history.outcome = outcome
+            self._unsaved_history[history.seq] = history
+        self.save_unsaved()
+        return outcome
+
+    def _outcome(self, attempt: Attempt, status: int, retry_after: float | None, answered: bool) -> str:
         state = self.tasks.get(attempt.task_name)
         if state is None or not state.in_flight:
             return "gone"

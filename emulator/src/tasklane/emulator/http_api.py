@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from tasklane.emulator.clock import ManualClock
 from tasklane.emulator.console import ConsoleConfig, console_routes, decode_cursor, encode_cursor
-from tasklane.emulator.dispatcher import AttemptRecord
+from tasklane.emulator.dispatcher import INTERRUPTED, AttemptRecord
 from tasklane.emulator.faults import Faults
 from tasklane.emulator.rest_api import rest_routes
 from tasklane.emulator.rpc import CloudTasksApi
@@ -36,13 +36,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-ATTEMPT_OUTCOMES = ("in_flight", "succeeded", "retrying", "gave_up", "gone")
+ATTEMPT_OUTCOMES = ("in_flight", "succeeded", "retrying", "gave_up", "gone", INTERRUPTED)
 ATTEMPTS_PAGE, MOST_ATTEMPTS_PAGE = 1000, 10_000
 
 
 def attempt_json(record: AttemptRecord) -> dict[str, Any]:
     shown = dataclasses.asdict(record)
-    del shown["request_body"]
+    del shown["request_body"], shown["seq"]
     return shown
 
 

@@ -134,22 +134,24 @@ class EmulatorServer:
         self.http_port = http_socket.getsockname()[1]
 
         self.store = Store(config.state_file)
-        try:
-            self.engine = Engine(self.store, config.clock, task_tombstone_seconds=config.task_tombstone_seconds,
-                                 queue_tombstone_seconds=config.queue_tombstone_seconds)
-            tokens = TokenIssuer(self.store, config.clock, issuer=self.http_url)
-        except (sqlite3.Error, StorageError, DecodeError, ValueError, TypeError) as error:
-            raise StateFileError(f"the state file {config.state_file} cannot be used: it holds data this emulator "
-                                 f"cannot read ({type(error).__name__}: {error})") from None
         destinations: list[Destination] = []
         if config.task_operations_log:
             destinations.append(JsonLinesFile(Path(config.task_operations_log)))
         if config.final_failures_topic:
             destinations.append(FinalFailuresTopic(config.final_failures_topic))
-        self.dispatcher = Dispatcher(self.engine, tokens, config.clock,
-                                     enforce_rate_limits=config.enforce_rate_limits,
-                                     app_engine_url=config.app_engine_url,
-                                     task_log=TaskOperationsLog(destinations) if destinations else None)
+        try:
+            self.engine = Engine(self.store, config.clock, task_tombstone_seconds=config.task_tombstone_seconds,
+                                 queue_tombstone_seconds=config.queue_tombstone_seconds)
+            tokens = TokenIssuer(self.store, config.clock, issuer=self.http_url)
+            self.dispatcher = Dispatcher(self.engine, tokens, config.clock,
+                                         enforce_rate_limits=config.enforce_rate_limits,
+                                         app_engine_url=config.app_engine_url,
+                                         task_log=TaskOperationsLog(destinations) if destinations else None)
+        except (sqlite3.Error, StorageError, DecodeError, ValueError, TypeError) as error:
+            raise StateFileError(f"the state file {config.state_file} cannot be used: it holds data this emulator "
+                                 f"cannot read ({type(error).__name__}: {error})") from None
+        # Attempts read back from the state file are held to the same window as those kept since.
+        self.dispatcher.prune(config.clock.now() - config.task_tombstone_seconds)
         from google.protobuf import field_mask_pb2
 
         for queue in config.queues:
@@ -193,12 +195,13 @@ class EmulatorServer:
         clock = self.config.clock
         while True:
             await clock.sleep_until(clock.now() + self.config.prune_interval)
+            # Attempt records first: the engine's prune then gives their space back with the tombstones'.
+            self.dispatcher.prune(clock.now() - self.config.task_tombstone_seconds)
             pruned = 0
             try:
                 pruned = self.engine.prune()
             except StorageError as error:
                 log.warning("could not prune tombstones: %s; trying again later", error)
-            self.dispatcher.prune(clock.now() - self.config.task_tombstone_seconds)
             if pruned:
                 release_free_memory()
 
@@ -216,6 +219,8 @@ class EmulatorServer:
             await self._http_task
         if self.store is not None:
             self.store.close()
+        if self.config.console.letters is not None:  # a Firestore client's channel, closed in its own loop
+            await self.config.console.letters.aclose()
         if self._stopped is not None:
             self._stopped.set()
 

@@ -1,4 +1,5 @@
-"""Durable state in SQLite: queues, tasks (as the service's own protobuf messages), tombstones, the key.
+"""Durable state in SQLite: queues, tasks (as the service's own protobuf messages), tombstones, the key,
+and the dispatcher's attempt history (what the console and /v1/attempts show of finished tasks).
 
 Every change is committed before the RPC that made it answers, in WAL mode, so an accepted task
 survives `kill -9` and a task answered 2xx is not delivered again after a restart. `path=None` keeps
@@ -28,6 +29,8 @@ CREATE INDEX IF NOT EXISTS tasks_by_queue ON tasks (queue);
 CREATE TABLE IF NOT EXISTS tombstones (kind TEXT NOT NULL, name TEXT NOT NULL, expires REAL NOT NULL,
                                        PRIMARY KEY (kind, name));
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (seq INTEGER PRIMARY KEY, task TEXT NOT NULL, record TEXT NOT NULL,
+                                     request_body BLOB NOT NULL);
 """
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -52,6 +55,17 @@ class StoredTask:
     queue: str
     data: bytes
     meta: dict[str, Any]
+
+
+@dataclass
+class StoredAttempt:
+    """One attempt of the dispatcher's history (emulator/dispatcher.py `AttemptRecord`): `seq` orders them,
+    `record` is the rest of its fields as JSON, `request_body` the start of the task's body."""
+
+    seq: int
+    task: str
+    record: dict[str, Any]
+    request_body: bytes
 
 
 def _lock(path: str) -> int:
@@ -104,14 +118,19 @@ class Store:
             os.close(self._lock_descriptor)
             self._lock_descriptor = None
 
-    def _write(self, statements: list[Statement], many: tuple[str, list[tuple[Any, ...]]] | None = None) -> None:
+    @property
+    def durable(self) -> bool:
+        """Whether what is written here outlives the process (a state file, not memory)."""
+        return self.path is not None
+
+    def _write(self, statements: list[Statement], *many: tuple[str, list[tuple[Any, ...]]]) -> None:
         """One transaction: all of it is kept, or (StorageError) none of it."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
                 self._db.execute(sql, args)
-            if many is not None:
-                self._db.executemany(*many)
+            for sql, rows in many:
+                self._db.executemany(sql, rows)
             self._db.execute("COMMIT")
         except sqlite3.Error as error:
             if self._db.in_transaction:
@@ -160,18 +179,33 @@ class Store:
             statements.append(("INSERT OR REPLACE INTO queues VALUES (?, ?)", queue))
         self._write(statements)
 
-    def sync_tasks(self, saved: list[StoredTask], removed: list[tuple[str, float]]) -> None:
+    def sync_tasks(self, saved: list[StoredTask], removed: list[tuple[str, float]],
+                   attempts: list[StoredAttempt] | None = None) -> None:
         """Bring tasks on disk in line with memory in one transaction: `saved` written, `removed`
-        (name, tombstone expiry) deleted and tombstoned."""
+        (name, tombstone expiry) deleted and tombstoned, and `attempts` of the history written as they are now."""
         statements: list[Statement] = []
         for name, until in removed:
             statements.append(("DELETE FROM tasks WHERE name = ?", (name,)))
             statements.append(("INSERT OR REPLACE INTO tombstones VALUES ('task', ?, ?)", (name, until)))
-        self._write(statements, ("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", [self._row(t) for t in saved]))
+        self._write(statements, ("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", [self._row(t) for t in saved]),
+                    ("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?)",
+                     [(a.seq, a.task, json.dumps(a.record), a.request_body) for a in attempts or ()]))
 
     def tasks(self) -> Iterator[StoredTask]:
         for name, queue, data, meta in self._db.execute("SELECT name, queue, data, meta FROM tasks"):
             yield StoredTask(name, queue, data, json.loads(meta))
+
+    # Attempt history
+    def attempts(self, most: int) -> Iterator[StoredAttempt]:
+        """The newest `most` attempts, oldest first."""
+        rows = self._db.execute("SELECT seq, task, record, request_body FROM attempts ORDER BY seq DESC LIMIT ?",
+                                (most,)).fetchall()
+        for seq, task, record, request_body in reversed(rows):
+            yield StoredAttempt(seq, task, json.loads(record), bytes(request_body))
+
+    def prune_attempts(self, below: int) -> None:
+        """Forget the attempts before `seq` `below` (the dispatcher no longer keeps them)."""
+        self._write([("DELETE FROM attempts WHERE seq < ?", (below,))])
 
     # Tombstones
     def tombstones(self, kind: str) -> Iterator[tuple[str, float]]:

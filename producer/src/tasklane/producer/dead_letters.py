@@ -7,9 +7,10 @@ Where the letters are:
 - with --dir (or TASKLANE_DEAD_LETTER_DIR): the files `make local` keeps when the Firestore emulator is absent.
 
 `replay` needs the queue (the same configuration as `enqueue`): it creates a new task with a fresh name, the
-letter's route and body, and a new idempotency key where it had its own (`idempotencyKey` in the body, or
-the X-Tasklane-Idempotency-Key header; the old key is done, and would make the replay a duplicate), and
-records the replay on the letter.
+letter's route and body, and a fresh idempotency key where it had its own (`idempotencyKey` in the body, or the
+X-Tasklane-Idempotency-Key header; the old key is done, and would make the replay a duplicate), and records the
+replay on the letter: `replay_request` in tasklane/core/dead_letter_store.py, the rule the local console's Replay
+follows too.
 """
 
 from __future__ import annotations
@@ -21,20 +22,25 @@ import datetime
 import json
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from tasklane.core.dead_letter_store import KINDS, DeadLetterStore, FileDeadLetterStore, Replay, StoredLetter
+from tasklane.core.dead_letter_store import (
+    KINDS,
+    DeadLetterStore,
+    FileDeadLetterStore,
+    NotReplayable,
+    Replay,
+    StoredLetter,
+    replay_request,
+)
 from tasklane.core.environment import DEAD_LETTER_DIR, FIRESTORE_DATABASE
-from tasklane.core.wire import IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY
 from tasklane.producer.config import ProducerConfig
 from tasklane.producer.producer import InvalidTask, TaskProducer
 
 FIRESTORE_EMULATOR_HOST = "FIRESTORE_EMULATOR_HOST"
-REPLAY_SUFFIX = re.compile(r"~replay-[0-9a-f]{8}$")
 AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -138,20 +144,14 @@ async def _command(args: argparse.Namespace, store: DeadLetterStore, config: Cal
         letters = [await _get(store, letter_id) for letter_id in args.ids]  # all found before any is replayed
         producer = TaskProducer(config())
         for letter in letters:
-            if letter.kind == "gave_up_unseen" or not letter.body:
-                raise DeadLetterError(f"letter {letter.id} has no body ({letter.kind}): Cloud Tasks does not log "
-                                      "task bodies, so there is nothing to replay")
-            body, key = with_fresh_key(letter.body)
-            content_type = next((v for k, v in letter.headers.items() if k.lower() == "content-type"),
-                                "application/json")
-            header_key = next((v for k, v in letter.headers.items() if k.lower() == IDEMPOTENCY_KEY_HEADER.lower()),
-                              None)
-            headers = {}
-            if header_key is not None:  # a typed route's own key: done, so the replay needs a new one too
-                headers[IDEMPOTENCY_KEY_HEADER] = key = fresh_key(header_key)
             try:
-                created = await asyncio.to_thread(producer.enqueue_body, body, content_type=content_type,
-                                                  route=letter.path, headers=headers)
+                replay = replay_request(letter)
+            except NotReplayable as error:
+                raise DeadLetterError(str(error)) from None
+            key = replay.idempotency_key
+            try:
+                created = await asyncio.to_thread(producer.enqueue_body, replay.body, content_type=replay.content_type,
+                                                  route=replay.path, headers=dict(replay.headers))
             except InvalidTask as error:
                 raise DeadLetterError(f"letter {letter.id}: {error}") from None
             await store.record_replay(letter.id, Replay(datetime.datetime.now(datetime.UTC), created.task_name, key))
@@ -182,24 +182,6 @@ async def _get(store: DeadLetterStore, letter_id: str) -> StoredLetter:
     if letter is None:
         raise DeadLetterError(f"no dead letter {letter_id!r}; `dead-letters list` shows their IDs")
     return letter
-
-
-def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
-    """The body with a new `idempotencyKey` if it is a JSON object holding one (else as it was), and that key."""
-    try:
-        order = json.loads(body)
-    except (ValueError, RecursionError):
-        return body, None
-    if not isinstance(order, dict) or not isinstance(order.get("idempotencyKey"), str):
-        return body, None
-    order["idempotencyKey"] = key = fresh_key(order["idempotencyKey"])
-    return json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode(), key
-
-
-def fresh_key(key: str) -> str:
-    """A new idempotency key for a replay of a task that had `key`: `KEY~replay-xxxxxxxx`."""
-    base = REPLAY_SUFFIX.sub("", key)[:MAX_IDEMPOTENCY_KEY - 16]
-    return f"{base}~replay-{secrets.token_hex(4)}"
 
 
 def _line(letter: StoredLetter) -> str:

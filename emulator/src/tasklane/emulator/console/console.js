@@ -101,8 +101,10 @@ const views = {
         el("thead", {}, el("tr", {}, ["Queue", "State", "Depth", "In flight", "Dispatches, last minute / limit",
                                       "Settings", "Actions"].map((h) => el("th", {}, h)))),
         el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", {colspan: 7, class: "muted"}, "No queues.")))),
-      el("p", {class: "muted"}, `Dead letters: ${data.deadLetters} (from ${data.deadLetterSource}). `,
-         el("a", {href: "#/dead-letters"}, "Show them")),
+      data.deadLettersUnavailable
+        ? el("p", {class: "error"}, `Dead letters: ${data.deadLettersUnavailable}.`)
+        : el("p", {class: "muted"}, `Dead letters: ${data.deadLetters} (from ${data.deadLetterSource}). `,
+             el("a", {href: "#/dead-letters"}, "Show them")),
     ];
   },
 
