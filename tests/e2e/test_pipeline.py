@@ -24,7 +24,14 @@ def test_each_task_is_handled_exactly_once_with_verified_tokens(make_pipeline: C
 def test_a_token_for_another_audience_is_refused_by_the_handler(make_pipeline: Callable[..., Pipeline]) -> None:
     pipeline = make_pipeline(audience="https://some-other-service.run.app")
     pipeline.producer.enqueue("update_inventory", {"orderId": "wrong-aud"})
-    wait_for(lambda: pipeline.attempts() and pipeline.attempts()[0]["status"] == 401, message="the 401")
+
+    def refused() -> bool:
+        attempts = pipeline.attempts()
+        if attempts and attempts[-1]["outcome"] == "retrying" and attempts[-1]["status"] != 401:
+            pipeline.clock.advance(10)  # an attempt that met something else first (keys still loading): retry it
+        return any(attempt["status"] == 401 for attempt in attempts)
+
+    wait_for(refused, timeout=20, message="the 401")
     assert pipeline.handled("inventory_updated") == []
 
 
