@@ -44,7 +44,7 @@ SAMPLES = [  # (label, action, payload): what each shows
     ("inventory update", "update_inventory", {"orderId": "demo-1002"}),
     ("warehouse notice", "notify_warehouse", {"orderId": "demo-1003"}),
     ("transient failure, then success", "reserve_stock", {"orderId": "demo-1004"}),
-    ("poison: no orderId, never retried", "update_inventory", {"sku": "SKU-1"}),
+    ("poison: not an order, never retried", "update_inventory", {"sku": "SKU-1"}),
 ]
 
 
@@ -312,14 +312,14 @@ def run(args: argparse.Namespace) -> int:
         print("▶ final state of each sample:")
         for label, state in finals.items():
             print(f"  {label:<36} {state}")
-        expected = {"poison: no orderId, never retried": "rejected and dead-lettered"}
+        expected = {"poison: not an order, never retried": "rejected and dead-lettered"}
         gcloud_exports = "\n".join(f"  export {name}={value}"
                                    for name, value in gcloud_environment(emulator_url).items())
         ok = all(state == expected.get(label, "done") for label, state in finals.items())
         cli_env = {**stores, "CLOUD_TASKS_EMULATOR_HOST": emulator_host, "TASKLANE_QUEUE_PATH": queue_path,
                    "TASKLANE_SERVICE_URL": service_url, "TASKLANE_INVOKER_SERVICE_ACCOUNT": invoker,
                    "TASKLANE_TASK_AUDIENCE": service_url}
-        ok = show_dead_letters(cli_env, names["poison: no orderId, never retried"], emulator_url) and ok
+        ok = show_dead_letters(cli_env, names["poison: not an order, never retried"], emulator_url) and ok
         print(f"""
 Ready for your own producers. In another shell:
   export CLOUD_TASKS_EMULATOR_HOST={emulator_host}
@@ -383,7 +383,7 @@ def show_dead_letters(environment: dict[str, str], poison_task: str, emulator_ur
                     if a["task"] == replay_task and a["finished"] is not None]
         if finished:
             print(f"  replay {replay_task.rsplit('/', 1)[1]} attempt 1: HTTP {finished[0]['status']} (processed: "
-                  "the body still has no orderId, so it is rejected again and kept as a new letter)", flush=True)
+                  "the body is still not an order, so it is rejected again and kept as a new letter)", flush=True)
             return True
         time.sleep(0.2)
     print("  the replay was not processed within 30 s", flush=True)

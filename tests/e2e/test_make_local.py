@@ -43,7 +43,7 @@ def test_the_samples_flow_and_reach_their_final_states(tmp_path: Path) -> None:
     final = out[out.index("final state of each sample"):]
     for label in ("confirmation e-mail", "inventory update", "warehouse notice", "transient failure, then success"):
         assert f"{label:<36} done" in final
-    assert "poison: no orderId, never retried    rejected and dead-lettered" in final
+    assert "poison: not an order, never retried  rejected and dead-lettered" in final
     assert "export CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:" in out
     assert f"export CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDTASKS=http://127.0.0.1:{ports[1]}/\n" in out
     assert "export CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true\n" in out
@@ -115,7 +115,7 @@ def test_ctrl_c_stops_everything_cleanly_and_a_restart_shows_the_finished_sample
                             cwd=REPO, capture_output=True, text=True, timeout=30)
     assert status.returncode == 0, status.stderr
     assert re.search(r"tasklane-dev-queue  running  depth 0  in flight 0  .*outcomes: .*\d+ succeeded", status.stdout)
-    # The poison sample's letter, and its replay's: still no orderId, so rejected again as a new letter.
+    # The poison sample's letter, and its replay's: still not an order, so rejected again as a new letter.
     assert "dead letters: 2 " in status.stdout
     if "▶ Firestore emulator on" in out:  # the console reads the handler's store itself, as the CLI does
         assert "(from the Firestore database tasklane-local of project " in status.stdout
