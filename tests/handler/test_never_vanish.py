@@ -92,7 +92,9 @@ def test_a_body_that_is_not_a_valid_order_is_poison_from_cloud_tasks(failing: Ha
     response = post(failing, body, task_headers("hostile", retry_count=0))
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "rejected"
-    assert response.json()["reason"].startswith(("body is not JSON", "invalid order"))
+    # 1,000 levels deep, msgspec may or may not run out of recursion first (the interpreter's limit decides):
+    # either refusal is a refusal, never a crash or an order.
+    assert response.json()["reason"].startswith(("body is not JSON", "invalid order", "missing required field"))
     [letter] = failing.sink.letters
     assert (letter.kind, letter.body, letter.task.task_name) == ("rejected", body, "hostile")
 
