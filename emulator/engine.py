@@ -214,6 +214,8 @@ class Engine:
             self._save_outcome(state.name)
 
     def _save_outcome(self, name: str) -> None:
+        if not self.store.durable:
+            return
         self._unsaved.add(name)
         self.save_unsaved()
 
@@ -404,9 +406,11 @@ class Engine:
         if new.name in self.tasks or self._tombstoned(self._task_tombstones, new.name):
             raise errors.task_already_exists()
         state = TaskState(new, queue.name)
-        self.store.put_task(state.stored())
+        if self.store.durable:
+            self.store.put_task(state.stored())
         self._index(state)
-        self.on_work()
+        if not queue.paused:  # a paused queue's tasks wait for ResumeQueue, which wakes the dispatcher
+            self.on_work()
         return with_view(new, view)
 
     def _task(self, name: str) -> TaskState:
@@ -508,7 +512,7 @@ class Engine:
 
     def persist(self, states: list[TaskState]) -> None:
         """Save attempts that are starting; if the store fails, they are saved later (`save_unsaved`)."""
-        if states:
+        if states and self.store.durable:
             self._unsaved.update(state.name for state in states)
             self.save_unsaved()
 

@@ -97,6 +97,11 @@ class Store:
             reason = error.__cause__ if isinstance(error, StorageError) else error
             raise StateFileError(f"the state file {path} cannot be used: {reason}") from None
 
+    @property
+    def durable(self) -> bool:
+        """Whether writes are kept; without a state file the engine skips them altogether."""
+        return self.path is not None
+
     def close(self) -> None:
         with contextlib.suppress(AttributeError, sqlite3.Error):
             self._db.close()
@@ -105,7 +110,9 @@ class Store:
             self._lock_descriptor = None
 
     def _write(self, statements: list[Statement], many: tuple[str, list[tuple[Any, ...]]] | None = None) -> None:
-        """One transaction: all of it is kept, or (StorageError) none of it."""
+        """One transaction: all of it is kept, or (StorageError) none of it. Nothing, without a state file."""
+        if self.path is None:
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             for sql, args in statements:
