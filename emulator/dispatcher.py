@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
 from emulator.clock import Clock
@@ -34,6 +35,27 @@ RESPONSE_BYTES_KEPT = 1024
 STORAGE_RETRY_SECONDS = 0.5
 """Real time between tries to save dispatch outcomes the state file could not take."""
 OAUTH_PLACEHOLDER_TOKEN = "ya29.tasklane-emulator-oauth-token"  # the emulator cannot mint Google access tokens
+
+
+OPENING_AT_ONCE = 32
+"""Connections to targets being opened at the same time, at most (all queues together)."""
+
+
+class PacedConnector(aiohttp.TCPConnector):
+    """Keep-alive connections per target origin, any number of them, but at most `opening_at_once` being
+    opened at a time. A request that needs a new connection waits its turn, and on its turn takes a kept-alive
+    one if another request has given one back meanwhile; so a fast target is reached over a few reused
+    connections even with 1,000 dispatches in flight, and a slow one still gets one connection per dispatch."""
+
+    def __init__(self, opening_at_once: int = OPENING_AT_ONCE, **options: Any) -> None:
+        super().__init__(**options)
+        self._opening = asyncio.Semaphore(opening_at_once)
+
+    async def connect(self, req: aiohttp.ClientRequest, traces: list[Any], timeout: aiohttp.ClientTimeout,
+                      ) -> Connection:
+        # Held only while connecting: taking a kept-alive connection from the pool does not wait.
+        async with self._opening:
+            return await super().connect(req, traces, timeout)
 
 
 class TokenBucket:
@@ -111,9 +133,13 @@ class Dispatcher:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            connector=PacedConnector(limit=0, enable_cleanup_closed=True),
             skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
-            auto_decompress=False)
+            # No timeouts of aiohttp's own (its default gives up after 5 minutes): each attempt's dispatch
+            # deadline, up to 30 minutes, is enforced by the clock.
+            timeout=aiohttp.ClientTimeout(), auto_decompress=False,
+            # Each task's request stands alone, as in Cloud Tasks: a cookie one target set is never sent on.
+            cookie_jar=aiohttp.DummyCookieJar())
         self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -186,6 +212,9 @@ class Dispatcher:
         return wake_at
 
     async def _sleep(self, until: float | None, retry_storage: bool = False) -> None:
+        if until is None and not retry_storage:  # the usual case while busy: only a wake-up can bring work
+            await self._woken.wait()
+            return
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._woken.wait())}
         if until is not None:
             waiters.add(asyncio.ensure_future(self.clock.sleep_until(until)))
