@@ -93,6 +93,7 @@ bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.pac
 	$(HANDLER_VENV)/bin/python -m compileall -q handler
 	$(BIN)/python bench/handler_bench.py --handler-python $(HANDLER_VENV)/bin/python
 	$(BIN)/python bench/emulator_bench.py --peer-python $(PEER_EMULATOR_VENV)/bin/python
+	$(BIN)/python bench/pipeline_bench.py --handler-python $(HANDLER_VENV)/bin/python
 	$(BIN)/python bench/emulator_rest_bench.py
 	$(BIN)/python bench/producer_bench.py
 	$(BIN)/python bench/console_bench.py
