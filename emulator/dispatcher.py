@@ -151,6 +151,7 @@ class Dispatcher:
             await asyncio.wait(self._sends, timeout=grace)
             for send in self._sends:
                 send.cancel()
+        self.engine.save_unsaved()  # outcomes of the last attempts, which no further pass will save
         if self._session is not None:
             await self._session.close()
 

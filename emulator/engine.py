@@ -200,7 +200,7 @@ class Engine:
         """Remove a task for good (done, failed permanently, deleted); its name stays reserved.
 
         For an RPC the change is on disk first or (StorageError) not made at all. For a dispatch
-        outcome memory moves on regardless and the disk catches up in `save_unsaved`."""
+        outcome memory moves on at once and the disk follows at the dispatcher's next pass (`save_unsaved`)."""
         until = self.clock.now() + self.task_tombstone_seconds
         if rpc:
             self.store.delete_task(state.name, until)
@@ -214,10 +214,11 @@ class Engine:
             self._save_outcome(state.name)
 
     def _save_outcome(self, name: str) -> None:
-        if not self.store.durable:
-            return
-        self._unsaved.add(name)
-        self.save_unsaved()
+        """Mark a dispatch outcome for saving. The dispatcher saves every outcome marked since its last pass in
+        one transaction at its next pass (`save_unsaved`), which the finished attempt wakes it for, or before an
+        RPC answers if one comes first: one commit for a burst of deliveries instead of one each."""
+        if self.store.durable:
+            self._unsaved.add(name)
 
     @property
     def unsaved(self) -> int:

@@ -290,7 +290,7 @@ def test_connections_opened_a_few_at_a_time_never_limit_a_queues_concurrency(
     """The dispatcher opens at most OPENING_AT_ONCE connections at a time and reuses kept-alive ones, but
     a slow target still gets as many dispatches at once as the queue allows (Cloud Tasks has no pool)."""
     wide = 2 * OPENING_AT_ONCE
-    url = target.answer("/slow", ("hang", 2.0))
+    url = target.answer("/slow", ("hang", 5.0))  # outlasts SYN retries at the test target's small backlog
     queue = make_queue(client, "wide", rate_limits={"max_concurrent_dispatches": wide})
     client.pause_queue(name=queue.name)
     names = [client.create_task(parent=queue.name, task={"http_request": {"url": url}}).name for _ in range(wide)]
