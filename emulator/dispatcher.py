@@ -201,12 +201,14 @@ class Dispatcher:
         while True:
             self._woken.clear()
             try:
-                self.engine.save_unsaved()
-                wake_at = self._dispatch_due()
+                wake_at = self._dispatch_due()  # ends with one commit: outcomes since the last pass, attempts started
             except Exception:  # noqa: BLE001 - one bad task must not stop dispatch for every queue
                 log.exception("dispatch loop error; continuing")
                 wake_at = self.clock.now() + 0.1
             await self._sleep(wake_at, retry_storage=self.engine.unsaved > 0)
+            # Let the answers that arrived with the one that woke us finish first, so one pass (and one
+            # commit) takes them all.
+            await asyncio.sleep(0)
 
     def _dispatch_due(self) -> float | None:
         """Start every attempt that may start now; return when to look again (None: when woken)."""
@@ -232,7 +234,8 @@ class Dispatcher:
                     break
                 self.engine.take_due(queue)
                 started.append(self._start(due[1], runtime, persist=False))
-        # One commit for every attempt started here; their requests go out only after this returns.
+        # One commit for every attempt started here and every outcome since the last pass; the attempts'
+        # requests go out only after this returns.
         self.engine.persist(started)
         return wake_at
 

@@ -512,8 +512,9 @@ class Engine:
             previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
 
     def persist(self, states: list[TaskState]) -> None:
-        """Save attempts that are starting; if the store fails, they are saved later (`save_unsaved`)."""
-        if states and self.store.durable:
+        """Save attempts that are starting, with every outcome still unsaved, in one transaction; if the store
+        fails, they are saved later (`save_unsaved`)."""
+        if self.store.durable:
             self._unsaved.update(state.name for state in states)
             self.save_unsaved()
 
