@@ -49,6 +49,7 @@ MAX_DURATION_SECONDS = 315_576_000_000
 # Plain ints: the raw messages hold ints, and comparing them with proto-plus enums is slow on the CreateTask path.
 POST, UNSPECIFIED_METHOD = int(HttpMethod.POST), int(HttpMethod.HTTP_METHOD_UNSPECIFIED)
 BODY_METHODS = frozenset({POST, int(HttpMethod.PUT), int(HttpMethod.PATCH)})
+FULL_VIEW, BASIC_VIEW = int(task_types.Task.View.FULL), int(task_types.Task.View.BASIC)
 
 # Queue defaults when a field is unset (§2.6, §3.1, §3.2).
 DEFAULT_RATE, DEFAULT_CONCURRENT = 500.0, 1000
@@ -322,8 +323,8 @@ def with_view(task: Any, view: int) -> Any:
     """The task as a response in `view`: BASIC (the default) leaves out the body (§4.8)."""
     shown = Task()
     shown.CopyFrom(task)
-    full = view == task_types.Task.View.FULL
-    shown.view = task_types.Task.View.FULL if full else task_types.Task.View.BASIC
+    full = view == FULL_VIEW
+    shown.view = FULL_VIEW if full else BASIC_VIEW
     if not full:
         kind = shown.WhichOneof("message_type")
         if kind == "http_request":
