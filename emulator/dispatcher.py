@@ -37,7 +37,7 @@ STORAGE_RETRY_SECONDS = 0.5
 OAUTH_PLACEHOLDER_TOKEN = "ya29.tasklane-emulator-oauth-token"  # the emulator cannot mint Google access tokens
 
 
-OPENING_AT_ONCE = 32
+OPENING_AT_ONCE = 8
 """Connections to targets being opened at the same time, at most (all queues together)."""
 
 
