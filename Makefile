@@ -12,7 +12,7 @@ CHROMIUM_INSTALL := command -v chromium >/dev/null || (apt-get update -qq && apt
 	|| (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium >/dev/null) \
 	|| echo "chromium could not be installed: the console's browser test will be skipped (CI fails it)"
 
-.PHONY: test lint typecheck unit local local-status chromium verify venv policy-venv dist bench clean
+.PHONY: test lint typecheck unit local local-status chromium verify venv policy-venv dist bench bench-publish clean
 
 test: lint typecheck unit
 
@@ -76,7 +76,7 @@ unit: $(INSTALLED) $(NODE_CLIENT)/node_modules/.package-lock.json $(POLICY_VENV)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 # Benchmarks compare with the peers their issues name; the handler runs from an environment holding only what
-# its image does: handler/requirements.txt and the framework's wheels.
+# its image does: handler/requirements.txt and the framework's wheels. Results, report and charts go to bench/out/.
 HANDLER_VENV := .venv-handler
 EXPRESS_PEER := bench/express-handler
 
@@ -112,12 +112,18 @@ bench: $(INSTALLED) $(HANDLER_VENV)/.installed $(EXPRESS_PEER)/node_modules/.pac
 	$(HANDLER_VENV)/bin/python -m compileall -q handler
 	$(BIN)/python bench/handler_bench.py --handler-python $(HANDLER_VENV)/bin/python
 	$(BIN)/python bench/emulator_bench.py --peer-python $(PEER_EMULATOR_VENV)/bin/python
+	$(BIN)/python bench/pipeline_bench.py --handler-python $(HANDLER_VENV)/bin/python
 	$(BIN)/python bench/emulator_rest_bench.py
 	$(BIN)/python bench/producer_bench.py
 	$(BIN)/python bench/console_bench.py
 	$(BIN)/python bench/emulator_hardening_bench.py --baseline $(EMULATOR_VALIDATION_BASELINE)
 	$(BIN)/python bench/firestore_bench.py --handler-python $(HANDLER_VENV)/bin/python
 	$(BIN)/python bench/report.py
+
+# make bench writes under bench/out/ (ignored by git); this copies its last run into the committed
+# bench/results/, bench/RESULTS.md and bench/charts/.
+bench-publish: $(INSTALLED)
+	$(BIN)/python bench/report.py --publish
 
 # The README's main command: emulator, handler and sample orders on this machine, until Ctrl-C. Ports and
 # options as make variables: make local GRPC_PORT=18123 EMULATOR_HTTP_PORT=18124 HANDLER_PORT=18080

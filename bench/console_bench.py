@@ -3,7 +3,7 @@
 One emulator in this process (its own thread, in-memory state) holds a paused queue of 100,000 tasks, a full
 attempt history (10,000 records, the dispatcher's cap) and 200 dead letters in a handler log. Each view's JSON
 endpoint (what the page fetches on every refresh) and the page itself are fetched over HTTP from one kept-alive
-connection, `--requests` times each; p50, p95 and max in ms. Writes bench/results/console.json. Run through
+connection, `--requests` times each; p50, p95 and max in ms. Writes bench/out/results/console.json. Run through
 `make bench`, or alone: `.venv/bin/python bench/console_bench.py`.
 """
 

@@ -1,15 +1,21 @@
 """Benchmark: the Tasklane emulator against the PyPI gcloud-tasks-emulator, side by side in one run.
 
+Every comparison runs ROUNDS times, interleaved (ours, the peer, ours in its other settings, then the
+next round), and is reported as min, median and max; ratios are taken on the medians.
+
 - Drain: 5,000 tasks created into a paused queue, then the queue resumed; time from resume to the
   5,000th delivery at a trivial local HTTP target (bench/target_server.py, its own process). Our
   emulator runs with --ignore-rate-limits (an "unlimited" queue; Cloud Tasks itself caps a queue at
   500/s) and 100 dispatches in flight. Also end to end: creating (64 in flight) and delivering
   5,000 tasks into a running queue.
-- CreateTask latency over loopback: 2,000 sequential calls from the sync Python client.
+- The same at Cloud Tasks' default of 1,000 dispatches in flight, and with a state file (durable).
+- CreateTask over loopback: 2,000 sequential calls from the sync Python client, to each emulator, to ours
+  with a state file, and to a gRPC server that answers a fixed Task without doing anything (the floor
+  this client and gRPC leave: no emulator can answer faster).
 - Ours only (the peer has no rate limits): a queue limited to 50/s over 20 s, and a queue limited to 5
   concurrent dispatches against a target that takes 50 ms.
 
-Writes bench/results/emulator.json. Run through `make bench`.
+Writes bench/out/results/emulator.json. Run through `make bench`.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -33,35 +39,21 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import (
     CloudTasksGrpcTransport,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import free_port, wait_for_port, write_results  # noqa: E402
+from bench.common import REPO, EmulatorProcess, Process, free_port, ratio, spread, write_results  # noqa: E402
 
 PARENT = "projects/bench/locations/us-central1"
-# Our queues allow 100 dispatches in flight (Cloud Tasks' default is 1,000): each needs its own
-# connection, and opening 1,000 at once costs more than it gains on two cores. The peer has no limit.
 CONCURRENCY = 100
+"""Dispatches in flight in the main comparison; the high-concurrency run uses Cloud Tasks' default."""
+DEFAULT_CONCURRENCY = 1000
+ROUNDS = 3
 
 
 def http(url: str, method: str = "GET") -> Any:
     with urllib.request.urlopen(urllib.request.Request(url, method=method, data=b"" if method == "POST" else None),
                                 timeout=30) as response:  # noqa: S310 - loopback
         return json.loads(response.read())
-
-
-class Process:
-    def __init__(self, argv: list[str], ready_port: int) -> None:
-        self.process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(ready_port)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def sync_client(port: int) -> tasks_v2.CloudTasksClient:
@@ -91,56 +83,65 @@ def wait_count(target: str, count: int, timeout: float = 300) -> dict[str, Any]:
     raise RuntimeError(f"only {http(f'{target}/stats')['count']} of {count} tasks arrived")
 
 
-def start_emulator(kind: str, port: int, peer_python: str, queue: str, *extra: str) -> Process:
-    if kind == "tasklane":
-        return Process([sys.executable, "-m", "tasklane.emulator", "--grpc-port", str(port),
-                        "--http-port", str(free_port()), "--log-level", "WARNING", *extra], port)
-    return Process([peer_python, "-m", "gcloud_tasks_emulator", "start", "-p", str(port), "-q", "-d", queue], port)
+class Emulator:
+    """One emulator under test, in its own process: ours ("tasklane"), the peer, or the floor server."""
+
+    def __init__(self, kind: str, peer_python: str, queue: str, *extra: str) -> None:
+        self.kind = kind
+        if kind == "tasklane":
+            ours = EmulatorProcess(*extra)
+            self.port, self.process = ours.port, ours
+        else:
+            self.port = free_port()
+            argv = ([peer_python, "-m", "gcloud_tasks_emulator", "start", "-p", str(self.port), "-q", "-d", queue]
+                    if kind == "peer" else [sys.executable, str(Path(__file__)), "--serve-floor", str(self.port)])
+            self.process = Process(argv, self.port)
+
+    def stop(self) -> None:
+        self.process.stop()
 
 
-def drain(kind: str, peer_python: str, target: str, tasks: int) -> dict[str, float]:
-    port = free_port()
+def drain(kind: str, peer_python: str, target: str, tasks: int, concurrency: int = CONCURRENCY,
+          state_file: str | None = None) -> dict[str, float]:
+    """Drain and end-to-end tasks/s for one emulator."""
     queue = f"{PARENT}/queues/drain"
-    emulator = start_emulator(kind, port, peer_python, queue, "--ignore-rate-limits")
+    extra = ["--ignore-rate-limits", *(["--state-file", state_file] if state_file else [])]
+    emulator = Emulator(kind, peer_python, queue, *extra)
     try:
-        client = sync_client(port)
+        client = sync_client(emulator.port)
         if kind == "tasklane":
             client.create_queue(parent=PARENT, queue={"name": queue, "rate_limits": {
-                "max_concurrent_dispatches": CONCURRENCY}})
+                "max_concurrent_dispatches": concurrency}})
         client.pause_queue(name=queue)
         http(f"{target}/reset", "POST")
-        started = time.time()
-        asyncio.run(create_many(port, queue, f"{target}/fast", tasks))
-        created = time.time()
+        asyncio.run(create_many(emulator.port, queue, f"{target}/fast", tasks))
         client.resume_queue(name=queue)
         resumed = time.time()
-        stats = wait_count(target, tasks)
-        drained = max(stats["arrivals"])
+        drained = max(wait_count(target, tasks)["arrivals"])
 
         # End to end: a running queue, creating and delivering at once.
         running = f"{PARENT}/queues/running"
         client.create_queue(parent=PARENT, queue={"name": running, "rate_limits": {
-            "max_concurrent_dispatches": CONCURRENCY}})
+            "max_concurrent_dispatches": concurrency}})
         http(f"{target}/reset", "POST")
         began = time.time()
-        asyncio.run(create_many(port, running, f"{target}/fast", tasks))
+        asyncio.run(create_many(emulator.port, running, f"{target}/fast", tasks))
         end_to_end = max(wait_count(target, tasks)["arrivals"]) - began
     finally:
         emulator.stop()
-    return {"create_seconds": round(created - started, 3), "drain_seconds": round(drained - resumed, 3),
-            "drain_tasks_per_second": round(tasks / (drained - resumed), 1),
-            "end_to_end_seconds": round(end_to_end, 3), "end_to_end_tasks_per_second": round(tasks / end_to_end, 1)}
+    return {"drain": tasks / (drained - resumed), "end_to_end": tasks / end_to_end}
 
 
-def create_latency(kind: str, peer_python: str, calls: int) -> dict[str, float]:
-    port = free_port()
+def create_latency(kind: str, peer_python: str, calls: int, state_file: str | None = None) -> dict[str, float]:
+    """Sequential CreateTask from the sync client: calls/s and latency percentiles in ms."""
     queue = f"{PARENT}/queues/latency"
-    emulator = start_emulator(kind, port, peer_python, queue)
+    emulator = Emulator(kind, peer_python, queue, *(["--state-file", state_file] if state_file else []))
     try:
-        client = sync_client(port)
+        client = sync_client(emulator.port)
         if kind == "tasklane":
             client.create_queue(parent=PARENT, queue={"name": queue})
-        client.pause_queue(name=queue)
+        if kind != "floor":
+            client.pause_queue(name=queue)
         task = {"http_request": {"url": "http://127.0.0.1:9/never", "body": b"{}"}}
         for _ in range(50):  # warm up the channel
             client.create_task(parent=queue, task=task)
@@ -152,13 +153,28 @@ def create_latency(kind: str, peer_python: str, calls: int) -> dict[str, float]:
     finally:
         emulator.stop()
     samples.sort()
-    return {"p50_ms": round(statistics.median(samples), 3), "p99_ms": round(samples[int(0.99 * len(samples))], 3),
-            "calls_per_second": round(1000 / statistics.mean(samples), 1)}
+    return {"p50_ms": statistics.median(samples), "p99_ms": samples[int(0.99 * len(samples))],
+            "calls_per_second": 1000 / statistics.mean(samples)}
+
+
+async def serve_floor(port: int) -> None:
+    """A CloudTasks gRPC server that answers every CreateTask with one fixed Task, doing nothing else."""
+    answer = tasks_v2.Task.pb()(name=f"{PARENT}/queues/latency/tasks/floor").SerializeToString()
+
+    async def create_task(request: bytes, context: Any) -> bytes:
+        return answer
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("google.cloud.tasks.v2.CloudTasks", {
+        "CreateTask": grpc.unary_unary_rpc_method_handler(create_task)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
 
 
 def rate_limited(target: str, seconds: float) -> dict[str, float]:
-    port = free_port()
-    emulator = start_emulator("tasklane", port, "", "")
+    emulator = EmulatorProcess()
+    port = emulator.port
     try:
         client = sync_client(port)
         queue = f"{PARENT}/queues/fifty"
@@ -185,41 +201,87 @@ def rate_limited(target: str, seconds: float) -> dict[str, float]:
             "concurrency_limit": 5, "peak_in_flight_at_target": peak}
 
 
+def rounds(peer_python: str, target: str, tasks: int, calls: int, count: int) -> dict[str, Any]:
+    """Every comparison `count` times, interleaved; each measure's runs as a `spread`."""
+    drains: dict[str, list[dict[str, float]]] = {"tasklane": [], "peer": [], "tasklane_1000": [],
+                                                 "tasklane_durable": []}
+    latencies: dict[str, list[dict[str, float]]] = {"tasklane": [], "peer": [], "tasklane_durable": [], "floor": []}
+    for round_number in range(1, count + 1):
+        with tempfile.TemporaryDirectory() as directory:
+            drains["tasklane"].append(drain("tasklane", peer_python, target, tasks))
+            drains["peer"].append(drain("peer", peer_python, target, tasks))
+            drains["tasklane_1000"].append(drain("tasklane", peer_python, target, tasks, DEFAULT_CONCURRENCY))
+            drains["tasklane_durable"].append(drain("tasklane", peer_python, target, tasks,
+                                                    state_file=f"{directory}/drain.sqlite"))
+            latencies["tasklane"].append(create_latency("tasklane", peer_python, calls))
+            latencies["peer"].append(create_latency("peer", peer_python, calls))
+            latencies["tasklane_durable"].append(create_latency("tasklane", peer_python, calls,
+                                                                state_file=f"{directory}/create.sqlite"))
+            latencies["floor"].append(create_latency("floor", peer_python, calls))
+        print(f"round {round_number}: drain {[round(runs[-1]['drain']) for runs in drains.values()]}, "
+              f"calls/s {[round(runs[-1]['calls_per_second']) for runs in latencies.values()]}", flush=True)
+    return {
+        "drain_tasks_per_second": {k: spread([r["drain"] for r in runs]) for k, runs in drains.items()},
+        "end_to_end_tasks_per_second": {k: spread([r["end_to_end"] for r in runs]) for k, runs in drains.items()},
+        "create_calls_per_second": {k: spread([r["calls_per_second"] for r in runs]) for k, runs in latencies.items()},
+        "create_p50_ms": {k: spread([r["p50_ms"] for r in runs], 3) for k, runs in latencies.items()},
+        "create_p99_ms": {k: spread([r["p99_ms"] for r in runs], 3) for k, runs in latencies.items()},
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--peer-python", required=True, help="interpreter of the gcloud-tasks-emulator environment")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer-python", help="interpreter of the gcloud-tasks-emulator environment")
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--latency-calls", type=int, default=2000)
     parser.add_argument("--rate-seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_floor:
+        asyncio.run(serve_floor(args.serve_floor))
+        return
+    if not args.peer_python:
+        parser.error("--peer-python is required")
 
     target_port = free_port()
     target = f"http://127.0.0.1:{target_port}"
     target_process = Process([sys.executable, str(REPO / "bench" / "target_server.py"), str(target_port)], target_port)
     try:
-        drains = {kind: drain(kind, args.peer_python, target, args.tasks) for kind in ("tasklane", "peer")}
-        latency = {kind: create_latency(kind, args.peer_python, args.latency_calls) for kind in ("tasklane", "peer")}
+        measures = rounds(args.peer_python, target, args.tasks, args.latency_calls, args.rounds)
         rate = rate_limited(target, args.rate_seconds)
     finally:
         target_process.stop()
 
-    results = {
+    drain_rate, end_to_end = measures["drain_tasks_per_second"], measures["end_to_end_tasks_per_second"]
+    calls, p50 = measures["create_calls_per_second"], measures["create_p50_ms"]
+    ratios = {
+        "drain_tasklane_over_peer": ratio(drain_rate["tasklane"], drain_rate["peer"]),
+        "end_to_end_tasklane_over_peer": ratio(end_to_end["tasklane"], end_to_end["peer"]),
+        "create_tasklane_over_peer": ratio(calls["tasklane"], calls["peer"]),
+        "create_floor_over_peer": ratio(calls["floor"], calls["peer"]),
+        "drain_1000_over_100": ratio(drain_rate["tasklane_1000"], drain_rate["tasklane"]),
+        "end_to_end_1000_over_100": ratio(end_to_end["tasklane_1000"], end_to_end["tasklane"]),
+        "durable_drain_over_memory": ratio(drain_rate["tasklane_durable"], drain_rate["tasklane"]),
+        "durable_create_over_memory": ratio(calls["tasklane_durable"], calls["tasklane"]),
+    }
+    goals = {
+        "sequential CreateTask ≥ 1.5× the peer's calls/s": ratios["create_tasklane_over_peer"] >= 1.5,
+        "CreateTask p50 ≤ 0.5 ms": p50["tasklane"]["median"] <= 0.5,
+        "drain ≥ 4× the peer": ratios["drain_tasklane_over_peer"] >= 4.0,
+        "end to end ≥ 2× the peer": ratios["end_to_end_tasklane_over_peer"] >= 2.0,
+        "drain at 1,000 in flight not slower than at 100": ratios["drain_1000_over_100"] >= 1.0,
+        "durable drain ≥ 70 % of in-memory": ratios["durable_drain_over_memory"] >= 0.7,
+        "durable CreateTask ≥ 70 % of in-memory": ratios["durable_create_over_memory"] >= 0.7,
+        "50/s queue within 5 %": rate["error_percent"] <= 5.0,
+        "concurrency never above its limit": rate["peak_in_flight_at_target"] <= rate["concurrency_limit"],
+    }
+    write_results("emulator", {
         "benchmark": "emulator",
         "machine": f"{os.cpu_count()} cores; Python {sys.version.split()[0]}",
-        "settings": {"tasks": args.tasks, "latency_calls": args.latency_calls, "rate_seconds": args.rate_seconds},
-        "drain": drains,
-        "create_task_latency": latency,
-        "rate_limit": rate,
-        "ratios": {
-            "drain_tasklane_over_peer": round(drains["tasklane"]["drain_tasks_per_second"]
-                                              / drains["peer"]["drain_tasks_per_second"], 2),
-            "end_to_end_tasklane_over_peer": round(drains["tasklane"]["end_to_end_tasks_per_second"]
-                                                   / drains["peer"]["end_to_end_tasks_per_second"], 2),
-        },
-        "targets": {"drain": "tasklane >= 3x peer", "rate": "50/s within 5%", "concurrency": "never above 5",
-                    "create_task_p50_ms": "< 2"},
-    }
-    write_results("emulator", results)
+        "settings": {"tasks": args.tasks, "latency_calls": args.latency_calls, "rate_seconds": args.rate_seconds,
+                     "rounds": args.rounds, "concurrency": CONCURRENCY, "default_concurrency": DEFAULT_CONCURRENCY},
+        **measures, "rate_limit": rate, "ratios": ratios, "goals": goals})
 
 
 if __name__ == "__main__":

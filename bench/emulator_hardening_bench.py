@@ -8,7 +8,7 @@
   last delivery) and sequential CreateTask p50 over loopback, for this tree and for --baseline REF (the
   emulator before the change, extracted with git archive), alternated so both see the same machine.
 
-Writes bench/results/emulator_hardening.json. Run through `make bench`.
+Writes bench/out/results/emulator_hardening.json. Run through `make bench`.
 """
 
 from __future__ import annotations
@@ -24,38 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import free_port, wait_for_port, write_results  # noqa: E402
+from bench.common import REPO, EmulatorProcess, Process, free_port, write_results  # noqa: E402
 from bench.emulator_bench import CONCURRENCY, PARENT, create_many, http, sync_client, wait_count  # noqa: E402
 
 MIB = 1024 * 1024
-
-
-class Emulator:
-    """`python -m tasklane.emulator` run from `source` (a directory holding an emulator/ package)."""
-
-    def __init__(self, source: Path, *args: str) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen([sys.executable, "-m", "tasklane.emulator", "--grpc-port", str(self.port),
-                                         "--http-port", str(free_port()), "--log-level", "WARNING", *args],
-                                        cwd=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
-
-    def rss(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def state_size(state: Path) -> int:
@@ -66,7 +40,7 @@ def state_size(state: Path) -> int:
 def memory_over_time(target: str, tasks: int, tombstone_seconds: float, batch: int = 20_000) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as directory:
         state = Path(directory) / "state.sqlite"
-        emulator = Emulator(REPO, "--state-file", str(state), "--ignore-rate-limits",
+        emulator = EmulatorProcess("--state-file", str(state), "--ignore-rate-limits",
                             "--task-tombstone-seconds", str(tombstone_seconds))
         samples: list[dict[str, Any]] = []
         began = time.monotonic()
@@ -116,7 +90,7 @@ def memory_over_time(target: str, tasks: int, tombstone_seconds: float, batch: i
 
 
 def drain(source: Path, target: str, tasks: int) -> float:
-    emulator = Emulator(source, "--ignore-rate-limits")
+    emulator = EmulatorProcess("--ignore-rate-limits", source=source)
     try:
         client = sync_client(emulator.port)
         queue = f"{PARENT}/queues/drain"
@@ -134,7 +108,7 @@ def drain(source: Path, target: str, tasks: int) -> float:
 
 
 def create_p50(source: Path, calls: int) -> float:
-    emulator = Emulator(source)
+    emulator = EmulatorProcess(source=source)
     try:
         client = sync_client(emulator.port)
         queue = f"{PARENT}/queues/latency"
@@ -192,16 +166,13 @@ def main() -> None:
 
     target_port = free_port()
     target = f"http://127.0.0.1:{target_port}"
-    target_process = subprocess.Popen([sys.executable, str(REPO / "bench" / "target_server.py"), str(target_port)],
-                                      cwd=REPO)
-    wait_for_port(target_port)
+    target_process = Process([sys.executable, str(REPO / "bench" / "target_server.py"), str(target_port)], target_port)
     try:
         cost = (validation_cost(args.baseline, target, args.drain_tasks, args.latency_calls, args.rounds)
                 if args.baseline else None)
         memory = memory_over_time(target, args.tasks, args.tombstone_seconds)
     finally:
-        target_process.terminate()
-        target_process.wait()
+        target_process.stop()
     write_results("emulator_hardening", {
         "benchmark": "emulator_hardening", "machine": f"{os.cpu_count()} cores; Python {sys.version.split()[0]}",
         "memory": memory, "validation_cost": cost,

@@ -6,7 +6,7 @@
 - Also the REST surface without the client library: the same CreateTask as raw JSON over one kept-alive
   http.client connection, which separates the emulator's own REST cost from the client library's.
 
-The queue is paused, so only CreateTask is measured. Writes bench/results/emulator_rest.json. Run
+The queue is paused, so only CreateTask is measured. Writes bench/out/results/emulator_rest.json. Run
 through `make bench`, or alone: `.venv/bin/python bench/emulator_rest_bench.py`.
 """
 

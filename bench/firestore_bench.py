@@ -10,7 +10,7 @@ Then the exactly-once proof at the issue's size: tests/e2e/test_across_instances
 The Firestore store here talks to Google's Firestore EMULATOR on the same two cores (Java, in memory,
 single node), not the real service: real Firestore adds network round trips (typically a few ms per RPC
 within a region) but does not compete with the handler for this machine's CPU. Writes
-bench/results/firestore.json.
+bench/out/results/firestore.json.
 """
 
 from __future__ import annotations

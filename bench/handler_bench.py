@@ -6,7 +6,7 @@ Measures, for each server on this machine:
   name, each server logging one JSON line per task to a file;
 - peak RSS of the server process over that load.
 
-Writes bench/results/handler.json. Run through `make bench`.
+Writes bench/out/results/handler.json. Run through `make bench`.
 """
 
 from __future__ import annotations

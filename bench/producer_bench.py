@@ -6,7 +6,7 @@ emulator and the client share the two cores. enqueue_many creates 10,000 tasks e
 sequential loop creates 10,000 without latency, and 300 with it (10,000 would take over three
 minutes), compared as tasks per second.
 
-Writes bench/results/producer.json. Run through `make bench`.
+Writes bench/out/results/producer.json. Run through `make bench`.
 """
 
 from __future__ import annotations

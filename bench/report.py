@@ -1,15 +1,25 @@
-"""Render every benchmark's results (bench/results/*.json) into one file, bench/RESULTS.md."""
+"""Render every benchmark's results (bench/out/results/*.json) into bench/out/RESULTS.md, with a PNG chart
+per comparison in bench/out/charts/; `--publish` copies a run's results, report and charts into the committed
+bench/results/, bench/RESULTS.md and bench/charts/ (`make bench-publish`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH / "results"
-REPORT = BENCH / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.charts import spread_chart  # noqa: E402
+from bench.common import BENCH, OUT_DIR, RESULTS_DIR  # noqa: E402
+
+REPORT = OUT_DIR / "RESULTS.md"
+CHARTS = OUT_DIR / "charts"
+PUBLISHED_RESULTS, PUBLISHED_REPORT, PUBLISHED_CHARTS = BENCH / "results", BENCH / "RESULTS.md", BENCH / "charts"
 BAR_WIDTH = 40
 
 
@@ -58,38 +68,96 @@ Cold start, median ms (lower is better):
 
 
 def emulator_section(result: dict[str, Any]) -> str:
-    drain, latency, rate, ratios = (result["drain"], result["create_task_latency"], result["rate_limit"],
-                                    result["ratios"])
-    ours, peer = drain["tasklane"], drain["peer"]
-    verdict = {
-        "drain ≥ 3× gcloud-tasks-emulator": ratios["drain_tasklane_over_peer"] >= 3.0,
-        "50/s queue within 5 %": rate["error_percent"] <= 5.0,
-        "concurrency never above its limit": rate["peak_in_flight_at_target"] <= rate["concurrency_limit"],
-        "CreateTask p50 < 2 ms": latency["tasklane"]["p50_ms"] < 2.0,
+    drain, end_to_end, calls = (result["drain_tasks_per_second"], result["end_to_end_tasks_per_second"],
+                                result["create_calls_per_second"])
+    p50, p99, rate, ratios, settings = (result["create_p50_ms"], result["create_p99_ms"], result["rate_limit"],
+                                        result["ratios"], result["settings"])
+    peer = "gcloud-tasks-emulator"
+    charts = {
+        "emulator-drain.png": ("Drain: tasks/s from resume to the last delivery", "tasks/s",
+                               [("tasklane", drain["tasklane"]), (peer, drain["peer"])]),
+        "emulator-end-to-end.png": ("End to end: created and delivered, tasks/s", "tasks/s",
+                                    [("tasklane", end_to_end["tasklane"]), (peer, end_to_end["peer"])]),
+        "emulator-create.png": ("Sequential CreateTask from the sync client, calls/s", "calls/s",
+                                [("tasklane", calls["tasklane"]), (peer, calls["peer"]),
+                                 ("gRPC server doing nothing", calls["floor"])]),
+        "emulator-concurrency.png": (f"Drain at {settings['concurrency']} and {settings['default_concurrency']:,} "
+                                     "dispatches in flight, tasks/s", "tasks/s",
+                                     [(f"tasklane, {settings['concurrency']} in flight", drain["tasklane"]),
+                                      (f"tasklane, {settings['default_concurrency']:,} in flight",
+                                       drain["tasklane_1000"])]),
+        "emulator-durable.png": ("In memory and with a state file, per second", "per second",
+                                 [("tasklane drain, in memory", drain["tasklane"]),
+                                  ("tasklane drain, state file", drain["tasklane_durable"]),
+                                  ("tasklane CreateTask, in memory", calls["tasklane"]),
+                                  ("tasklane CreateTask, state file", calls["tasklane_durable"])]),
     }
+    for name, (title, unit, bars) in charts.items():
+        spread_chart(CHARTS / name, title, unit, bars)
+
+    def cell(value: dict[str, Any]) -> str:
+        return f"{value['median']:,} ({value['min']:,}–{value['max']:,})"
+
+    labels = {"tasklane": "tasklane", "peer": f"{peer} 0.6.2",
+              "tasklane_1000": f"tasklane, {settings['default_concurrency']:,} in flight",
+              "tasklane_durable": "tasklane, state file", "floor": "gRPC server doing nothing"}
+    drain_rows = "\n".join(f"| {labels[kind]} | {cell(drain[kind])} | {cell(end_to_end[kind])} |" for kind in drain)
+    create_rows = "\n".join(f"| {labels[kind]} | {cell(calls[kind])} | {p50[kind]['median']} | {p99[kind]['median']} |"
+                             for kind in calls)
+    images = "\n".join(f"![{title}](charts/{name})" for name, (title, _, _) in charts.items())
     return f"""## Local Cloud Tasks vs gcloud-tasks-emulator (`bench/emulator_bench.py`)
 
-{result['machine']}; {result['settings']['tasks']:,} tasks to a trivial local HTTP target (its own process).
+{result['machine']}; {settings['tasks']:,} tasks to a trivial local HTTP target (its own process); every
+measure {settings['rounds']} times, interleaved, shown as median (min–max); ratios on the medians.
 Drain: tasks created into a paused queue, then resumed; from resume to the last delivery. End to end:
-created (64 in flight from the async client) into a running queue and delivered.
+created (64 in flight from the async client) into a running queue and delivered. Our queues allow
+{settings['concurrency']} dispatches in flight unless marked.
 
-| emulator | drain tasks/s | drain s | end-to-end tasks/s | CreateTask p50 ms | p99 ms |
-|---|---|---|---|---|---|
-| tasklane | {ours['drain_tasks_per_second']:,} | {ours['drain_seconds']} | {ours['end_to_end_tasks_per_second']:,} | \
-{latency['tasklane']['p50_ms']} | {latency['tasklane']['p99_ms']} |
-| gcloud-tasks-emulator 0.6.2 | {peer['drain_tasks_per_second']:,} | {peer['drain_seconds']} | \
-{peer['end_to_end_tasks_per_second']:,} | {latency['peer']['p50_ms']} | {latency['peer']['p99_ms']} |
+| emulator | drain tasks/s | end-to-end tasks/s |
+|---|---|---|
+{drain_rows}
 
-**Ratios:** drain tasklane/peer = **{ratios['drain_tasklane_over_peer']}** (target ≥ 3);
-end to end = **{ratios['end_to_end_tasklane_over_peer']}**.
+{settings['latency_calls']:,} sequential CreateTask calls from the sync Python client:
+
+| server | calls/s | p50 ms | p99 ms |
+|---|---|---|---|
+{create_rows}
+
+**Ratios:** drain tasklane/peer **{ratios['drain_tasklane_over_peer']}**; end to end
+**{ratios['end_to_end_tasklane_over_peer']}**; sequential CreateTask **{ratios['create_tasklane_over_peer']}** (the
+do-nothing gRPC server reaches {ratios['create_floor_over_peer']}× the peer with this client); drain at
+{settings['default_concurrency']:,} over {settings['concurrency']} in flight **{ratios['drain_1000_over_100']}**
+(end to end {ratios['end_to_end_1000_over_100']}); with a state file over in memory: drain
+**{ratios['durable_drain_over_memory']}**, CreateTask **{ratios['durable_create_over_memory']}**.
 Rate limit: a queue at {rate['configured_per_second']}/s measured **{rate['measured_per_second']}/s** over
 {rate['window_seconds']:g} s ({rate['error_percent']} % off); a queue limited to {rate['concurrency_limit']}
 concurrent dispatches peaked at **{rate['peak_in_flight_at_target']}** in flight at the target.
-{chr(10).join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in verdict.items())}
 
-Drain, tasks/s:
-{bars([('tasklane', ours['drain_tasks_per_second']), ('gcloud-tasks-emulator', peer['drain_tasks_per_second'])],
-      'tasks/s')}
+{chr(10).join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in result['goals'].items())}
+
+{images}
+"""
+
+
+def pipeline_section(result: dict[str, Any]) -> str:
+    rate, settings, goal = result["tasks_per_second"], result["settings"], result["goal"]
+    spread_chart(CHARTS / "pipeline.png", "The whole local pipeline, tasks/s", "tasks/s",
+                 [("tasklane pipeline", rate), ("goal", {"min": goal["tasks_per_second_at_least"],
+                                                         "median": goal["tasks_per_second_at_least"],
+                                                         "max": goal["tasks_per_second_at_least"]})])
+    return f"""## The whole local pipeline: producer, emulator, handler (`bench/pipeline_bench.py`)
+
+{result['machine']}; {settings['tasks']:,} tasks per run, {settings['rounds']} runs. The producer's `enqueue_many`
+({settings['enqueue_many_in_flight']} calls in flight) into the emulator's running queue
+({settings['concurrency']:,} dispatches in flight), each dispatched with a real OIDC token to the real handler,
+which checks it in full (signature against the emulator's keys, then the claims), runs the action and logs
+it; timed from the first CreateTask until the queue is empty, every task answered 2xx.
+
+**{rate['median']:,} tasks/s** median ({rate['min']:,}–{rate['max']:,}); enqueue_many alone took
+{result['enqueue_seconds']['median']} s of {result['seconds']['median']} s.
+- at least {goal['tasks_per_second_at_least']:,.0f} tasks/s: {'met' if goal['met'] else 'NOT met'}
+
+![The whole local pipeline, tasks/s](charts/pipeline.png)
 """
 
 
@@ -197,19 +265,39 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {"console": console_secti
                                                         "emulator": emulator_section,
                                                         "producer": producer_section,
                                                         "emulator_hardening": emulator_hardening_section,
-                                                        "emulator_rest": emulator_rest_section}
+                                                        "emulator_rest": emulator_rest_section,
+                                                        "pipeline": pipeline_section}
+
+
+def publish() -> None:
+    """Copy the last run's results, report and charts over the committed ones."""
+    if not REPORT.exists():
+        raise SystemExit("nothing to publish: run `make bench` first")
+    PUBLISHED_RESULTS.mkdir(exist_ok=True)
+    for path in RESULTS_DIR.glob("*.json"):
+        shutil.copy2(path, PUBLISHED_RESULTS / path.name)
+    PUBLISHED_CHARTS.mkdir(exist_ok=True)
+    for path in CHARTS.glob("*.png"):
+        shutil.copy2(path, PUBLISHED_CHARTS / path.name)
+    shutil.copy2(REPORT, PUBLISHED_REPORT)
+    print(f"published {REPORT.relative_to(BENCH.parent)} and its results and charts into bench/")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--publish", action="store_true", help="copy the last run into the committed files")
+    if parser.parse_args().publish:
+        publish()
+        return
     sections = []
     for path in sorted(RESULTS_DIR.glob("*.json")):
         result = json.loads(path.read_text())
         render = SECTIONS.get(result.get("benchmark", ""))
         if render:
             sections.append(render(result))
-    REPORT.write_text("# Benchmark results\n\nWritten by `make bench` (bench/report.py) from bench/results/*.json; "
-                      "each section compares Tasklane with the peer named in its issue, in one run on one "
-                      "machine.\n\n" + "\n".join(sections))
+    REPORT.write_text("# Benchmark results\n\nWritten by `make bench` (bench/report.py) from bench/out/results/*.json "
+                      "and published with `make bench-publish`; each section compares Tasklane with the peer named "
+                      "in its issue, in one run on one machine.\n\n" + "\n".join(sections))
     print(f"wrote {REPORT.relative_to(BENCH.parent)}")
 
 

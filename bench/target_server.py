@@ -1,7 +1,8 @@
 """A trivial HTTP target for the emulator benchmarks, run as its own process.
 
 POST /fast answers 200 at once; POST /slow after 50 ms. It records each request's arrival time and
-the most requests in flight at once; GET /stats returns them, POST /reset clears them.
+the most requests in flight at once, and how many connections the requests came over; GET /stats
+returns them, POST /reset clears them.
 """
 
 from __future__ import annotations
@@ -14,17 +15,24 @@ from aiohttp import web
 
 arrivals: list[float] = []
 state = {"in_flight": 0, "peak": 0}
+connections: set[tuple[str, int]] = set()
+
+
+def arrived(request: web.Request) -> None:
+    arrivals.append(time.time())
+    if request.transport is not None:
+        connections.add(request.transport.get_extra_info("peername"))
 
 
 async def fast(request: web.Request) -> web.Response:
     await request.read()
-    arrivals.append(time.time())
+    arrived(request)
     return web.Response(status=200)
 
 
 async def slow(request: web.Request) -> web.Response:
     await request.read()
-    arrivals.append(time.time())
+    arrived(request)
     state["in_flight"] += 1
     state["peak"] = max(state["peak"], state["in_flight"])
     try:
@@ -35,11 +43,13 @@ async def slow(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response({"count": len(arrivals), "arrivals": arrivals, "peak_in_flight": state["peak"]})
+    return web.json_response({"count": len(arrivals), "arrivals": arrivals, "peak_in_flight": state["peak"],
+                              "connections": len(connections)})
 
 
 async def reset(request: web.Request) -> web.Response:
     arrivals.clear()
+    connections.clear()
     state["peak"] = 0
     return web.json_response({"count": 0})
 

@@ -16,6 +16,7 @@ from google.cloud import tasks_v2
 from google.protobuf import timestamp_pb2
 
 from tasklane.emulator.clock import ManualClock
+from tasklane.emulator.dispatcher import OPENING_AT_ONCE
 from tasklane.emulator.server import EmulatorServer
 from tests.emulator.conftest import Target, make_queue, task_gone, wait_for
 
@@ -282,6 +283,20 @@ def test_never_more_than_max_concurrent_dispatches_in_flight(emulator: EmulatorS
     wait_for(lambda: all(task_gone(client, name) for name in names), timeout=15)
     assert target.peak_in_flight == 3
     assert emulator.dispatcher is not None and emulator.dispatcher.runtimes[queue.name].peak_in_flight == 3
+
+
+def test_connections_opened_a_few_at_a_time_never_limit_a_queues_concurrency(
+        emulator: EmulatorServer, client: tasks_v2.CloudTasksClient, target: Target) -> None:
+    """The dispatcher opens at most OPENING_AT_ONCE connections at a time and reuses kept-alive ones, but
+    a slow target still gets as many dispatches at once as the queue allows (Cloud Tasks has no pool)."""
+    wide = 2 * OPENING_AT_ONCE
+    url = target.answer("/slow", ("hang", 5.0))  # outlasts SYN retries at the test target's small backlog
+    queue = make_queue(client, "wide", rate_limits={"max_concurrent_dispatches": wide})
+    client.pause_queue(name=queue.name)
+    names = [client.create_task(parent=queue.name, task={"http_request": {"url": url}}).name for _ in range(wide)]
+    client.resume_queue(name=queue.name)
+    wait_for(lambda: all(task_gone(client, name) for name in names), timeout=30)
+    assert target.peak_in_flight == wide
 
 
 def test_a_hanging_target_does_not_stall_other_queues(client: tasks_v2.CloudTasksClient, target: Target) -> None:

@@ -146,6 +146,26 @@ def test_a_rotated_key_is_fetched_once_when_first_seen(build_handler: Callable[.
     assert keys.fetches == 2
 
 
+def test_a_token_checked_once_is_refused_when_its_key_is_withdrawn_or_it_expires(
+        build_handler: Callable[..., HandlerUnderTest], signing_key: SigningKey) -> None:
+    """Remembering a token's checked signature skips only the RS256 maths: keys are still refetched when they
+    expire, and the claims are checked on every request."""
+    keys = KeyServer(signing_key)
+    handler = build_handler(fetch_keys=keys, token_check=TokenCheck.FULL)
+    token = signing_key.token()
+    assert [send(handler, token, f"t-{n}").status_code for n in range(3)] == [200, 200, 200]
+    verifier = _verifier_of(handler)
+    later = time.time() + 7200
+    verifier._clock = lambda: later  # the same token two hours on (keys refetched, as their max-age is over)
+    assert send(handler, token, "t-late").json()["reason"] == "token expired"
+    verifier._clock = time.time
+    replacement = new_signing_key("key-2")
+    keys.keys = {replacement.kid: replacement.public_pem}  # the token's key withdrawn
+    verifier._keys_expire_at = 0.0
+    assert send(handler, token, "t-withdrawn").json()["reason"] == "token signing key 'key-1' is not published"
+    assert send(handler, replacement.token(), "t-new").status_code == 200
+
+
 def test_an_unknown_key_does_not_make_every_request_refetch(full_check: HandlerUnderTest, keys: KeyServer) -> None:
     stranger = new_signing_key("key-unknown")
     for number in range(5):

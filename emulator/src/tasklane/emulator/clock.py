@@ -12,6 +12,7 @@ import heapq
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
 
@@ -29,7 +30,16 @@ class Clock(Protocol):
         """`work`'s result, or TimeoutError (with `work` cancelled) if the deadline passes first."""
 
 
+DEADLINE_SLOT_SECONDS = 0.05
+"""SystemClock.run_until's deadlines are grouped in slots this wide, and fire at most this late."""
+
+
 class SystemClock:
+    def __init__(self) -> None:
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, set[asyncio.Timeout]]] = \
+            weakref.WeakKeyDictionary()
+        """Per event loop: slot number -> the timeouts whose deadline falls in that slot."""
+
     def now(self) -> float:
         return time.time()
 
@@ -39,8 +49,31 @@ class SystemClock:
             await asyncio.sleep(delay)
 
     async def run_until(self, work: Awaitable[T], deadline: float) -> T:
-        async with asyncio.timeout(max(0.0, deadline - time.time())):  # no extra task, unlike wait_for
-            return await work
+        """One loop timer per 50 ms slot of deadlines rather than one per call: with 1,000 dispatches in
+        flight, pushing and cancelling a timer each (Python-level heap comparisons) was a tenth of the
+        dispatcher's time. The timeout is asyncio's own, so cancellation behaves exactly as with
+        `asyncio.timeout` (no extra task, unlike wait_for)."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = {}
+        async with asyncio.timeout(None) as timeout:
+            number = int(deadline / DEADLINE_SLOT_SECONDS) + 1
+            slot = slots.get(number)
+            if slot is None:
+                slot = slots[number] = set()
+                loop.call_at(loop.time() + max(0.0, number * DEADLINE_SLOT_SECONDS - time.time()),
+                             self._expire, slots, number)
+            slot.add(timeout)
+            try:
+                return await work
+            finally:
+                slot.discard(timeout)
+
+    @staticmethod
+    def _expire(slots: dict[int, set[asyncio.Timeout]], number: int) -> None:
+        for timeout in slots.pop(number, ()):
+            timeout.reschedule(-1.0)  # any time in the past: asyncio cancels the work with TimeoutError
 
 
 class ManualClock:

@@ -211,7 +211,7 @@ class Engine:
         """Remove a task for good (done, failed permanently, deleted); its name stays reserved.
 
         For an RPC the change is on disk first or (StorageError) not made at all. For a dispatch
-        outcome memory moves on regardless and the disk catches up in `save_unsaved`."""
+        outcome memory moves on at once and the disk follows at the dispatcher's next pass (`save_unsaved`)."""
         until = self.clock.now() + self.task_tombstone_seconds
         if rpc:
             self.store.delete_task(state.name, until)
@@ -225,8 +225,12 @@ class Engine:
             self._save_outcome(state.name)
 
     def _save_outcome(self, name: str) -> None:
-        """Mark a dispatch outcome for saving; `finish_attempt` saves it, with the attempt's record."""
-        self._unsaved.add(name)
+        """Mark a dispatch outcome for saving. The dispatcher saves every outcome marked since its last pass in
+        one transaction at its next pass (`save_unsaved`), with the attempts' records, which the finished attempt
+        wakes it for, or before an RPC answers if one comes first: one commit for a burst of deliveries instead
+        of one each."""
+        if self.store.durable:
+            self._unsaved.add(name)
 
     @property
     def unsaved(self) -> int:
@@ -418,9 +422,11 @@ class Engine:
         if new.name in self.tasks or self._tombstoned(self._task_tombstones, new.name):
             raise errors.task_already_exists()
         state = TaskState(new, queue.name)
-        self.store.put_task(state.stored())
+        if self.store.durable:
+            self.store.put_task(state.stored())
         self._index(state)
-        self.on_work()
+        if not queue.paused:  # a paused queue's tasks wait for ResumeQueue, which wakes the dispatcher
+            self.on_work()
         return with_view(new, view)
 
     def _task(self, name: str) -> TaskState:
@@ -521,9 +527,9 @@ class Engine:
             previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
 
     def persist(self, states: list[TaskState], history: Sequence[AttemptHistory] | None = None) -> None:
-        """Save attempts that are starting, and their records in the history, in one transaction; if the store
-        fails, they are saved later (`save_unsaved`)."""
-        if states or history:
+        """Save attempts that are starting, their records in the history, and every outcome still unsaved, in
+        one transaction; if the store fails, they are saved later (`save_unsaved`)."""
+        if self.store.durable:
             self._unsaved.update(state.name for state in states)
             self._unsaved_history.update((record.seq, record) for record in history or ())
             self.save_unsaved()
@@ -542,15 +548,15 @@ class Engine:
                        history: AttemptHistory | None = None) -> str:
         """Record an attempt's outcome. Without an answer, `status` stands for what happened: 504 for no
         answer before the deadline (§1.4), 502 for a target that could not be reached. With `history`, the
-        attempt's record takes the outcome and is saved in the same transaction as the task.
+        attempt's record takes the outcome and is saved in the same transaction as the task's outcome.
 
         Returns "succeeded", "retrying", "gave_up" or "gone" (deleted or purged meanwhile).
         """
         outcome = self._outcome(attempt, status, retry_after, answered)
         if history is not None:
             history.outcome = outcome
-            self._unsaved_history[history.seq] = history
-        self.save_unsaved()
+            if self.store.durable:  # saved with the outcome, at the dispatcher's next pass
+                self._unsaved_history[history.seq] = history
         return outcome
 
     def _outcome(self, attempt: Attempt, status: int, retry_after: float | None, answered: bool) -> str:

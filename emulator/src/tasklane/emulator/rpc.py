@@ -62,6 +62,9 @@ class CloudTasksApi:
             return rpc.call(request)
         except StorageError as failure:
             raise storage_failed(str(failure), failure.full) from None
+        finally:
+            # Dispatch outcomes are saved in batches; any this answer (or error) may show reach the disk first.
+            self.engine.save_unsaved()
 
     def _table(self) -> list[Rpc]:
         def pb(request_type: Any) -> type[Message]:

@@ -31,6 +31,9 @@ MAX_KEYS_MAX_AGE = 24 * 3600.0
 MAX_KEYS_BYTES = 1024 * 1024
 """Google's key map is a few KB; a larger answer is not one."""
 KEYS_FETCH_TIMEOUT_SECONDS = 10.0
+VERIFIED_TOKENS_KEPT = 256
+"""Tokens whose signature is remembered as checked. Cloud Tasks (and the emulator) sign one token per account
+and audience and send it with many tasks; the RS256 check was the costliest step of a task's request."""
 
 CertsFetcher = Callable[[str], tuple[dict[str, str], float]]
 
@@ -99,15 +102,18 @@ class TokenVerifier:
         self._keys_expire_at = 0.0
         self._last_fetch = -float("inf")
         self._fetching: asyncio.Lock | None = None
+        self._verified: dict[str, Any] = {}
+        """token -> the key verifier that accepted its signature (keys refetched: new verifiers, so re-checked)."""
 
     async def verify(self, authorization: str | None) -> dict[str, Any]:
         """The token's claims, or AuthError naming what is wrong."""
         if not authorization or not authorization.startswith("Bearer "):
             raise AuthError(401, "missing bearer token")
-        header, payload, signed, signature = _split(authorization[len("Bearer "):].strip())
+        token = authorization[len("Bearer "):].strip()
+        header, payload, signed, signature = _split(token)
         if self.check is TokenCheck.FULL:
             try:
-                await self._check_signature(header, signed, signature)
+                await self._check_signature(token, header, signed, signature)
             except AuthError as refusal:
                 if refusal.status == 503:
                     # A token that is wrong on its face is refused now; only a plausible one is retried.
@@ -135,15 +141,20 @@ class TokenVerifier:
         if claims.get("email_verified") is not True:
             raise AuthError(403, "token email is not verified")
 
-    async def _check_signature(self, header: dict[str, Any], signed: bytes, signature: bytes) -> None:
+    async def _check_signature(self, token: str, header: dict[str, Any], signed: bytes, signature: bytes) -> None:
         if header.get("alg") != "RS256":
             raise AuthError(401, f"token algorithm {header.get('alg')!r} is not RS256")
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise AuthError(401, "token names no signing key")
-        verifier = await self._verifier_for(kid)
+        verifier = await self._verifier_for(kid)  # keys expire, rotate and are refetched as before
+        if self._verified.get(token) is verifier:
+            return  # this very token was checked with this very key; its claims are still checked each time
         if not verifier.verify(signed, signature):
             raise AuthError(401, "token signature is invalid")
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            self._verified.clear()
+        self._verified[token] = verifier
 
     async def _verifier_for(self, kid: str) -> Any:
         now = self._clock()
