@@ -63,7 +63,8 @@ DISTRIBUTION_FILES := $(shell find $(DISTRIBUTIONS) -type f -not -path '*/__pyca
 
 $(DIST)/.built: $(INSTALLED) $(DISTRIBUTION_FILES)
 	@rm -rf $(DIST) && mkdir -p $(DIST)
-	@for d in $(DISTRIBUTIONS); do $(BIN)/uv build -q --out-dir $(DIST) $$d || exit 1; done
+	@for d in $(DISTRIBUTIONS); do $(BIN)/uv build -q --out-dir $(DIST) $$d \
+	  || $(BIN)/python -m pip wheel -q --no-deps -w $(DIST) ./$$d || exit 1; done
 	@touch $@
 
 dist: $(DIST)/.built
