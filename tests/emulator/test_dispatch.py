@@ -196,6 +196,36 @@ def test_a_scheduled_task_runs_at_its_time(client: tasks_v2.CloudTasksClient, ta
     wait_for(lambda: target.on("/later"), message="the scheduled task")
 
 
+@pytest.mark.parametrize("clock", [ManualClock(start=1_800_000_000.0000489)], ids=["between-microseconds"])
+def test_times_between_microseconds_are_due_at_once_and_at_their_backoff(
+        client: tasks_v2.CloudTasksClient, target: Target, clock: ManualClock) -> None:
+    """Schedule times are whole µs, truncated from a clock that is not: 1_800_000_000.0000489 truncates to
+    …000049 µs, which as a float is after the clock. Such a task is due now, not once the clock moves."""
+    assert int(clock.now() * 1_000_000) / 1_000_000 > clock.now(), "the start must be such a moment"
+    url = target.answer("/between", 503, 200)
+    queue = fast_queue(client, min_backoff="0.3s", max_backoff="0.3s")
+    task = client.create_task(parent=queue.name, task={"http_request": {"url": url}})
+    wait_attempts(client, task.name, 1)
+    clock.advance(0.3)  # exactly the backoff, which is not a whole number of float µs either
+    wait_for(lambda: len(target.on("/between")) == 2, message="the retry at exactly its backoff")
+
+
+@pytest.mark.parametrize("clock", [ManualClock(start=1_800_000_000.0000489)], ids=["between-microseconds"])
+def test_a_token_due_at_a_third_of_a_second_is_there_at_that_time(
+        client: tasks_v2.CloudTasksClient, target: Target, clock: ManualClock) -> None:
+    """3 tasks/s: the clock moved by exactly the token's 1/3 s finds it whole, whatever the float rounding."""
+    url = target.answer("/thirds", 200)
+    queue = make_queue(client, "thirds", rate_limits={"max_dispatches_per_second": 3})
+    client.pause_queue(name=queue.name)
+    for _ in range(4):
+        client.create_task(parent=queue.name, task={"http_request": {"url": url}})
+    client.resume_queue(name=queue.name)
+    for sent in range(1, 4):
+        wait_for(lambda sent=sent: len(target.on("/thirds")) == sent, message=f"dispatch {sent}")
+        clock.advance(1 / 3)
+    wait_for(lambda: len(target.on("/thirds")) == 4, message="dispatch 4")
+
+
 def test_a_paused_queue_keeps_its_tasks_until_resumed(client: tasks_v2.CloudTasksClient, target: Target,
                                                       clock: ManualClock) -> None:
     url = target.answer("/p", 200)

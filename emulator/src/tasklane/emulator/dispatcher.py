@@ -86,6 +86,11 @@ class PacedConnector(aiohttp.TCPConnector):
         self._free += 1
 
 
+TOKEN_SLACK_SECONDS = 1e-6
+"""A token this close to whole counts as whole. Woken at `next_token_at`, float rounding of epoch seconds (steps
+of 0.24 µs) may leave 0.9999996 of it, and a manual clock would never move on to the rest."""
+
+
 class TokenBucket:
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate, self.burst = rate, burst
@@ -99,8 +104,8 @@ class TokenBucket:
     def try_take(self, now: float) -> bool:
         self.tokens = min(float(self.burst), self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= 1.0 - TOKEN_SLACK_SECONDS * self.rate:
+            self.tokens = max(0.0, self.tokens - 1.0)
             return True
         return False
 
@@ -245,6 +250,10 @@ class Dispatcher:
     def _dispatch_due(self) -> float | None:
         """Start every attempt that may start now; return when to look again (None: when woken)."""
         now = self.clock.now()
+        # Schedule times are whole µs. Compared as floats, a task created at `now` (its time truncated to the µs)
+        # or woken at exactly its time could read as due a fraction of a µs later, which a manual clock never
+        # reaches; to the nearest µs, both are due.
+        now_micros = round(now * 1_000_000)
         wake_at: float | None = None
         started: list[TaskState] = []
         history: list[AttemptRecord] = []
@@ -258,8 +267,8 @@ class Dispatcher:
                 due = self.engine.peek_due(queue)
                 if due is None:
                     break
-                at = due[0] / 1_000_000
-                if at > now:
+                if due[0] > now_micros:
+                    at = due[0] / 1_000_000
                     wake_at = at if wake_at is None else min(wake_at, at)
                     break
                 if self.enforce_rate_limits and not runtime.bucket.try_take(now):
