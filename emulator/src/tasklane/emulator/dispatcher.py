@@ -41,6 +41,13 @@ INTERRUPTED = "interrupted"
 there, is dispatched again."""
 
 
+BATCH_SECONDS = 0.003
+"""While tasks are created and finish, a dispatch pass starts no sooner than this (real time) after the one before,
+so a stream of CreateTask calls is dispatched in batches rather than one pass, one write and one wake-up of the
+target per task (creating and delivering at once went from about 1,600 to 2,300 tasks/s). When the dispatcher has
+been idle, a new task still goes out at once; and an attempt finishing in a queue at its concurrency limit, a queue
+resumed or changed, and RunTask bring a pass at once."""
+
 OPENING_AT_ONCE = 8
 """Connections to targets being opened at the same time, at most (all queues together)."""
 
@@ -117,6 +124,8 @@ class TokenBucket:
 class QueueRuntime:
     bucket: TokenBucket
     in_flight: int = 0
+    limit: int = 0
+    """max_concurrent_dispatches, as of the last pass."""
     peak_in_flight: int = 0
 
 
@@ -179,12 +188,23 @@ class Dispatcher:
         self._history_pruned_below = 0
         self.runtimes: dict[str, QueueRuntime] = {}
         self._woken = asyncio.Event()
+        self._urgent = False
+        """Whether anything but a task's creation has woken the dispatcher since its last pass."""
+        self._last_pass = 0.0
         self._sends: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task[None] | None = None
         engine.on_work = self.wake
+        engine.on_task_created = self.wake_soon
 
     def wake(self) -> None:
+        """A pass at once: an attempt finished, a queue changed, a task was retried or run."""
+        self._urgent = True
+        self._woken.set()
+
+    def wake_soon(self) -> None:
+        """A pass soon (see BATCH_SECONDS): a task was created in a running queue, or an attempt finished in a
+        queue that was below its concurrency limit, so no task was waiting for the slot it frees."""
         self._woken.set()
 
     async def start(self) -> None:
@@ -235,14 +255,19 @@ class Dispatcher:
         return runtime
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._woken.clear()
+            self._urgent = False
+            self._last_pass = loop.time()
             try:
                 wake_at = self._dispatch_due()  # ends with one commit: outcomes since the last pass, attempts started
             except Exception:  # noqa: BLE001 - one bad task must not stop dispatch for every queue
                 log.exception("dispatch loop error; continuing")
                 wake_at = self.clock.now() + 0.1
             await self._sleep(wake_at, retry_storage=self.engine.unsaved > 0)
+            if self._woken.is_set() and not self._urgent:
+                await self._gather_created(self._last_pass + BATCH_SECONDS - loop.time())
             # Let the answers that arrived with the one that woke us finish first, so one pass (and one
             # commit) takes them all.
             await asyncio.sleep(0)
@@ -262,7 +287,7 @@ class Dispatcher:
             history.append(self._start(state, self._runtime(self.engine.queues[state.queue]), persist=False))
         for queue in list(self.engine.running_queues()):
             runtime = self._runtime(queue)
-            most = queue.queue.rate_limits.max_concurrent_dispatches
+            most = runtime.limit = queue.queue.rate_limits.max_concurrent_dispatches
             while runtime.in_flight < most:
                 due = self.engine.peek_due(queue)
                 if due is None:
@@ -282,6 +307,16 @@ class Dispatcher:
         # attempts' requests go out only after this returns.
         self.engine.persist(started, history if self._keeps_history else None)
         return wake_at
+
+    async def _gather_created(self, seconds: float) -> None:
+        """Wait up to `seconds` for more work to gather, unless something that wants a pass at once comes."""
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while not self._urgent:
+                    self._woken.clear()
+                    await self._woken.wait()
 
     async def _sleep(self, until: float | None, retry_storage: bool = False) -> None:
         if until is None and not retry_storage:  # the usual case while busy: only a wake-up can bring work
@@ -365,6 +400,7 @@ class Dispatcher:
         except (aiohttp.ClientError, OSError, ValueError) as error:
             record.error = f"{type(error).__name__}: {error}"
         finally:
+            slot_awaited = runtime.in_flight >= runtime.limit  # the queue was full: a due task may wait for this slot
             runtime.in_flight -= 1
         record.status, record.finished = status, self.clock.now()
         before = self._log_context(attempt)
@@ -372,7 +408,10 @@ class Dispatcher:
                                                     history=record if self._keeps_history else None)
         if before is not None:
             self._log_attempt(attempt, record, before, answered)
-        self.wake()
+        if slot_awaited:
+            self.wake()
+        else:
+            self.wake_soon()
 
     def _log_context(self, attempt: Attempt) -> tuple[float, int, int, float] | None:
         """(sampling ratio, max attempts, responses so far, schedule time) while the task still exists."""

@@ -173,6 +173,9 @@ class Engine:
         """Tasks and tombstones removed since the containers were last compacted."""
         self.on_work: Callable[[], None] = lambda: None
         """Called when something may now be due: the dispatcher wakes up."""
+        self.on_task_created: Callable[[], None] = lambda: None
+        """Called when a task was created in a running queue: the dispatcher wakes up soon, taking those that
+        follow with it."""
         self._load()
 
     # -- Loading ------------------------------------------------------------------------------------
@@ -426,7 +429,7 @@ class Engine:
             self.store.put_task(state.stored())
         self._index(state)
         if not queue.paused:  # a paused queue's tasks wait for ResumeQueue, which wakes the dispatcher
-            self.on_work()
+            self.on_task_created()
         return with_view(new, view)
 
     def _task(self, name: str) -> TaskState:
