@@ -72,6 +72,8 @@ def emulator_section(result: dict[str, Any]) -> str:
                                 result["create_calls_per_second"])
     p50, p99, rate, ratios, settings = (result["create_p50_ms"], result["create_p99_ms"], result["rate_limit"],
                                         result["ratios"], result["settings"])
+    stub_calls, stub_p50, stub_p99 = (result["create_stub_calls_per_second"], result["create_stub_p50_ms"],
+                                      result["create_stub_p99_ms"])
     peer = "gcloud-tasks-emulator"
     charts = {
         "emulator-drain.png": ("Drain: tasks/s from resume to the last delivery", "tasks/s",
@@ -102,7 +104,8 @@ def emulator_section(result: dict[str, Any]) -> str:
               "tasklane_1000": f"tasklane, {settings['default_concurrency']:,} in flight",
               "tasklane_durable": "tasklane, state file", "floor": "gRPC server doing nothing"}
     drain_rows = "\n".join(f"| {labels[kind]} | {cell(drain[kind])} | {cell(end_to_end[kind])} |" for kind in drain)
-    create_rows = "\n".join(f"| {labels[kind]} | {cell(calls[kind])} | {p50[kind]['median']} | {p99[kind]['median']} |"
+    create_rows = "\n".join(f"| {labels[kind]} | {cell(calls[kind])} | {p50[kind]['median']} | {p99[kind]['median']} "
+                             f"| {cell(stub_calls[kind])} | {stub_p50[kind]['median']} | {stub_p99[kind]['median']} |"
                              for kind in calls)
     images = "\n".join(f"![{title}](charts/{name})" for name, (title, _, _) in charts.items())
     return f"""## Local Cloud Tasks vs gcloud-tasks-emulator (`bench/emulator_bench.py`)
@@ -117,15 +120,18 @@ created (64 in flight from the async client) into a running queue and delivered.
 |---|---|---|
 {drain_rows}
 
-{settings['latency_calls']:,} sequential CreateTask calls from the sync Python client:
+{settings['latency_calls']:,} sequential CreateTask calls, from the sync Python client (google-cloud-tasks) and from a
+bare gRPC stub sending a request serialized once (the client library's own time left out):
 
-| server | calls/s | p50 ms | p99 ms |
-|---|---|---|---|
+| server | client calls/s | p50 ms | p99 ms | stub calls/s | p50 ms | p99 ms |
+|---|---|---|---|---|---|---|
 {create_rows}
 
 **Ratios:** drain tasklane/peer **{ratios['drain_tasklane_over_peer']}**; end to end
 **{ratios['end_to_end_tasklane_over_peer']}**; sequential CreateTask **{ratios['create_tasklane_over_peer']}** (the
-do-nothing gRPC server reaches {ratios['create_floor_over_peer']}× the peer with this client); drain at
+do-nothing gRPC server reaches {ratios['create_floor_over_peer']}× the peer with this client), from the bare
+stub **{ratios['create_stub_tasklane_over_peer']}** (the do-nothing server {ratios['create_stub_floor_over_peer']}×);
+drain at
 {settings['default_concurrency']:,} over {settings['concurrency']} in flight **{ratios['drain_1000_over_100']}**
 (end to end {ratios['end_to_end_1000_over_100']}); with a state file over in memory: drain
 **{ratios['durable_drain_over_memory']}**, CreateTask **{ratios['durable_create_over_memory']}**.
