@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -189,6 +190,7 @@ async def serve(args: argparse.Namespace) -> None:
         final_failures_topic=args.final_failures_topic, console=console_config(args))
     server = EmulatorServer(config)
     await server.start()
+    gc.freeze()  # what starting made (modules, descriptors, the state file's tasks) is never looked through again
     for queue in queues:
         logging.getLogger("emulator").info("queue ready: %s", queue.name)
     loop = asyncio.get_running_loop()
@@ -200,8 +202,15 @@ async def serve(args: argparse.Namespace) -> None:
     await server.stop()
 
 
+YOUNG_OBJECTS_PER_COLLECTION = 50_000
+"""The cycle collector's first threshold in the emulator's own process (Python's default is 700). Every dispatch
+and RPC allocates a few hundred short-lived objects; with 1,000 dispatches in flight, collecting every 700 of them
+kept moving live requests into older generations and cost 15 % of the drain rate."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, 20, 100)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(args))
