@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (name TEXT PRIMARY KEY, queue TEXT NOT NULL, data BLOB NOT NULL,
@@ -35,6 +37,14 @@ CREATE TABLE IF NOT EXISTS attempts (seq INTEGER PRIMARY KEY, task TEXT NOT NULL
 Statement = tuple[str, tuple[Any, ...]]
 WAL_CHECKPOINT_PAGES = 10_000
 """4 KiB pages of write-ahead log after which a commit copies the log back into the file."""
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def _json(value: dict[str, Any]) -> str:
+    """A row's JSON column, as text, by msgspec's encoder: every dispatch's record is written twice, and json.dumps
+    was an eighth of a drain with a state file."""
+    return _ENCODER.encode(value).decode()
 
 
 class StateFileError(Exception):
@@ -167,7 +177,7 @@ class Store:
     # Tasks
     @staticmethod
     def _row(task: StoredTask) -> tuple[Any, ...]:
-        return task.name, task.queue, task.data, json.dumps(task.meta)
+        return task.name, task.queue, task.data, _json(task.meta)
 
     def put_task(self, task: StoredTask) -> None:
         self._write([("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", self._row(task))])
@@ -197,7 +207,7 @@ class Store:
                     ("INSERT OR REPLACE INTO tombstones VALUES ('task', ?, ?)", removed),
                     ("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)", [self._row(t) for t in saved]),
                     ("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?)",
-                     [(a.seq, a.task, json.dumps(a.record), a.request_body) for a in attempts or ()]))
+                     [(a.seq, a.task, _json(a.record), a.request_body) for a in attempts or ()]))
 
     def tasks(self) -> Iterator[StoredTask]:
         for name, queue, data, meta in self._db.execute("SELECT name, queue, data, meta FROM tasks"):
