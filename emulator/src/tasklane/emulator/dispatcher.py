@@ -48,6 +48,9 @@ target per task (creating and delivering at once went from about 1,600 to 2,300 
 been idle, a new task still goes out at once; and an attempt finishing in a queue at its concurrency limit, a queue
 resumed or changed, and RunTask bring a pass at once."""
 
+GATHER_TURNS = 10
+"""At most this many turns of the event loop given, before a pass, to answers still arriving (`_gather_answers`)."""
+
 OPENING_AT_ONCE = 8
 """Connections to targets being opened at the same time, at most (all queues together)."""
 
@@ -191,6 +194,8 @@ class Dispatcher:
         self._urgent = False
         """Whether anything but a task's creation has woken the dispatcher since its last pass."""
         self._last_pass = 0.0
+        self._answered = 0
+        """Attempts finished so far (see `_gather_answers`)."""
         self._sends: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -268,9 +273,18 @@ class Dispatcher:
             await self._sleep(wake_at, retry_storage=self.engine.unsaved > 0)
             if self._woken.is_set() and not self._urgent:
                 await self._gather_created(self._last_pass + BATCH_SECONDS - loop.time())
-            # Let the answers that arrived with the one that woke us finish first, so one pass (and one
-            # commit) takes them all.
+            await self._gather_answers()
+
+    async def _gather_answers(self) -> None:
+        """Let the answers arriving with the one that woke us finish first, so one pass (and one commit) takes
+        them all: give the loop turns while each brings another answer, up to GATHER_TURNS. Against one turn,
+        this raised a drain from about 8,000 to 9,000 tasks/s, and with a state file (a commit a pass) from 5,300
+        to 6,800."""
+        for _ in range(GATHER_TURNS):
+            answered = self._answered
             await asyncio.sleep(0)
+            if self._answered == answered:
+                return
 
     def _dispatch_due(self) -> float | None:
         """Start every attempt that may start now; return when to look again (None: when woken)."""
@@ -408,6 +422,7 @@ class Dispatcher:
                                                     history=record if self._keeps_history else None)
         if before is not None:
             self._log_attempt(attempt, record, before, answered)
+        self._answered += 1
         if slot_awaited:
             self.wake()
         else:
