@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from tasklane.emulator.clock import ManualClock
 from tasklane.emulator.dispatcher import RESPONSE_BYTES_KEPT
 from tasklane.emulator.server import EmulatorConfig, EmulatorServer
-from tasklane.emulator.store import StateFileError
+from tasklane.emulator.store import StateFileError, Store, StoredAttempt
 from tasklane.emulator.testing import start_emulator
 from tests.emulator.conftest import PARENT, Target, client_for, make_queue, task_gone, wait_for
 from tests.emulator.test_process import REPO, EmulatorProcess, processes  # noqa: F401 - fixture
@@ -237,6 +237,22 @@ def test_a_corrupt_or_truncated_state_file_is_one_line(tmp_path: Path) -> None:
         database.execute("UPDATE tasks SET data = x'ffffffff'")
     assert "holds data this emulator cannot read" in refusal("--state-file", str(garbled))
     assert "cannot open the lock file" in refusal("--state-file", str(tmp_path / "missing-dir" / "state.sqlite"))
+
+
+def test_attempt_records_msgspec_cannot_encode_are_still_kept_as_json_writes_them(tmp_path: Path) -> None:
+    """The state file's JSON columns go through msgspec, and what it refuses (a lone surrogate) or writes otherwise
+    (NaN) through json.dumps: every record is kept and read back as it was written."""
+    path = str(tmp_path / "state.sqlite")
+    store = Store(path)
+    plain = {"outcome": "succeeded", "status": 200, "request_headers": {"X-Ünïcode": "é"}, "finished": 1.5}
+    surrogate = {"outcome": "retrying", "error": "bad \ud800 surrogate"}
+    infinite = {"outcome": "retrying", "finished": float("inf")}
+    store.sync_tasks([], [], [StoredAttempt(1, "t1", plain, b"{}"), StoredAttempt(2, "t2", surrogate, b""),
+                              StoredAttempt(3, "t3", infinite, b"")])
+    store.close()
+    reopened = Store(path)
+    assert [attempt.record for attempt in reopened.attempts(10)] == [plain, surrogate, infinite]
+    reopened.close()
 
 
 def test_a_read_only_state_file_is_one_line(tmp_path: Path) -> None:

@@ -45,8 +45,8 @@ BATCH_SECONDS = 0.003
 """While tasks are created and finish, a dispatch pass starts no sooner than this (real time) after the one before,
 so a stream of CreateTask calls is dispatched in batches rather than one pass, one write and one wake-up of the
 target per task (creating and delivering at once went from about 1,600 to 2,300 tasks/s). When the dispatcher has
-been idle, a new task still goes out at once; and an attempt finishing in a queue at its concurrency limit, a queue
-resumed or changed, and RunTask bring a pass at once."""
+been idle, a new task still goes out at once; and an attempt finishing in a queue at its concurrency limit, a retry
+scheduled, and a queue resumed or changed bring a pass at once. (RunTask starts its attempt itself.)"""
 
 GATHER_TURNS = 10
 """At most this many turns of the event loop given, before a pass, to answers still arriving (`_gather_answers`)."""
@@ -192,7 +192,7 @@ class Dispatcher:
         self.runtimes: dict[str, QueueRuntime] = {}
         self._woken = asyncio.Event()
         self._urgent = False
-        """Whether anything but a task's creation has woken the dispatcher since its last pass."""
+        """Whether `wake` (not only `wake_soon`) was called since the last pass."""
         self._last_pass = 0.0
         self._answered = 0
         """Attempts finished so far (see `_gather_answers`)."""
@@ -203,7 +203,7 @@ class Dispatcher:
         engine.on_task_created = self.wake_soon
 
     def wake(self) -> None:
-        """A pass at once: an attempt finished, a queue changed, a task was retried or run."""
+        """A pass at once: an attempt finished in a full queue, a retry was scheduled, a queue changed."""
         self._urgent = True
         self._woken.set()
 

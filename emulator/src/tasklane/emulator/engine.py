@@ -498,14 +498,17 @@ class Engine:
         the task (with `persist`) before the request goes out."""
         now = self.clock.now()
         task = state.task
+        forced = state.run_requested
+        dispatched = int(now * 1_000_000)
+        if not forced:  # due to the nearest µs (Dispatcher._dispatch_due), and never shown as sent before its time
+            dispatched = max(dispatched, _micros(task.schedule_time))
         retry_count = task.dispatch_count
         task.dispatch_count += 1
         if retry_count == 0:
-            task.first_attempt.dispatch_time.FromMicroseconds(int(now * 1_000_000))
+            task.first_attempt.dispatch_time.FromMicroseconds(dispatched)
         task.last_attempt.Clear()
         task.last_attempt.schedule_time.CopyFrom(task.schedule_time)
-        task.last_attempt.dispatch_time.FromMicroseconds(int(now * 1_000_000))
-        forced = state.run_requested
+        task.last_attempt.dispatch_time.FromMicroseconds(dispatched)
         state.in_flight = True
         state.run_requested = False
         if persist:
