@@ -37,6 +37,16 @@ log = logging.getLogger("emulator")
 EMULATOR_HOST_VARIABLE = "CLOUD_TASKS_EMULATOR_HOST"
 
 
+def _bind(sock: socket.socket, what: str, host: str, port: int) -> None:
+    """Bind as the servers do, SO_REUSEADDR set (a port whose last connections are in TIME_WAIT, as after a
+    restart, is free), or raise OSError naming what could not listen where, and why."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        raise OSError(f"cannot listen for {what} on {host}:{port}: {error.strerror or error}") from None
+
+
 def gcloud_environment(http_url: str) -> dict[str, str]:
     """What points an unmodified gcloud at an emulator's REST surface, sending no credentials."""
     return {"CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDTASKS": f"{http_url}/", "CLOUDSDK_AUTH_DISABLE_CREDENTIALS": "true"}
@@ -122,15 +132,10 @@ class EmulatorServer:
     async def _start(self) -> None:
         config = self.config
         self._http_socket = http_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        http_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Accepted connections inherit it: without it a response's header and body writes meet the client's
         # delayed ACK, and every HTTP answer (REST calls, token keys) took about 40 ms instead of under 1 ms.
         http_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            http_socket.bind((config.host, config.http_port))
-        except OSError as error:
-            raise OSError(f"cannot listen for HTTP on {config.host}:{config.http_port}: "
-                          f"{error.strerror or error}") from None
+        _bind(http_socket, "HTTP", config.host, config.http_port)
         self.http_port = http_socket.getsockname()[1]
 
         self.store = Store(config.state_file)
@@ -163,13 +168,7 @@ class EmulatorServer:
         self._grpc.add_generic_rpc_handlers((grpc_handlers(api),))
         if config.grpc_port:  # a clear reason now, rather than gRPC's own log line and a bare failure
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                # As gRPC binds: a port whose last connections are in TIME_WAIT (a restart) is free.
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind((config.host, config.grpc_port))
-                except OSError as error:
-                    raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}: "
-                                  f"{error.strerror or error}") from None
+                _bind(probe, "gRPC", config.host, config.grpc_port)
         try:
             self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
         except RuntimeError:
