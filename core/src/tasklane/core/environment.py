@@ -46,6 +46,9 @@ FIRESTORE_DATABASE = "TASKLANE_FIRESTORE_DATABASE"
 """The pipeline's Firestore database ID: shared idempotency keys and dead letters. Unset: in-process stores.
 It is in the queue's project; FIRESTORE_EMULATOR_HOST, when set, points the client at Google's emulator."""
 
+FIRESTORE_EMULATOR_HOST = "FIRESTORE_EMULATOR_HOST"
+"""Google's own variable: host:port of the Firestore emulator, which the Firestore client then talks to."""
+
 DEAD_LETTER_DIR = "TASKLANE_DEAD_LETTER_DIR"
 """A directory to keep dead letters in as files, when there is no Firestore (make local without the
 Firestore emulator). Never set in the deployed service."""

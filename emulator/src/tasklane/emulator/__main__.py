@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 from google.cloud.tasks_v2.types import queue as queue_types
 
+from tasklane.core.environment import FIRESTORE_EMULATOR_HOST
 from tasklane.emulator.clock import ManualClock, SystemClock
 from tasklane.emulator.console import ConsoleConfig
 from tasklane.emulator.dead_letters import (
-    FIRESTORE_EMULATOR_HOST,
     CombinedLetters,
     HandlerLogLetters,
     LetterSource,

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from tasklane.core.dead_letter import DEAD_LETTER_FIELD
 from tasklane.core.dead_letter_store import (
     CorruptLetter,
     DeadLetterStore,
@@ -33,14 +34,12 @@ from tasklane.core.dead_letter_store import (
     StoredLetter,
     utc_now,
 )
+from tasklane.core.environment import FIRESTORE_EMULATOR_HOST
 
-DEAD_LETTER_FIELD = "tasklane_dead_letter"
 MOST_LETTERS = 10_000
 """The most letters the console lists (and counts) from one source."""
 STORE_SECONDS = 5.0
 """How long the console waits for a store's answer before saying it cannot be read."""
-FIRESTORE_EMULATOR_HOST = "FIRESTORE_EMULATOR_HOST"
-
 log = logging.getLogger("emulator.console")
 
 

@@ -32,10 +32,9 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from tasklane.emulator.clock import Clock, ManualClock, SystemClock
-from tasklane.emulator.server import EmulatorConfig, EmulatorServer
+from tasklane.emulator.server import EMULATOR_HOST_VARIABLE, EmulatorConfig, EmulatorServer
 
 MARKER = "cloud_tasks_emulator"
-HOST_VARIABLE = "CLOUD_TASKS_EMULATOR_HOST"
 DEFAULT_PROJECT = "test-project"
 DEFAULT_LOCATION = "us-central1"
 
@@ -142,13 +141,13 @@ def cloud_tasks_emulator(request: pytest.FixtureRequest) -> Iterator[RunningEmul
     clock: Clock = ManualClock(start=time.time()) if options.get("manual_clock") else SystemClock()
     server = start_emulator(EmulatorConfig(grpc_port=0, http_port=0, clock=clock,
                                            enforce_rate_limits=not options.get("ignore_rate_limits")))
-    previous = os.environ.get(HOST_VARIABLE)
-    os.environ[HOST_VARIABLE] = server.grpc_target
+    previous = os.environ.get(EMULATOR_HOST_VARIABLE)
+    os.environ[EMULATOR_HOST_VARIABLE] = server.grpc_target
     try:
         yield RunningEmulator(server)
     finally:
         if previous is None:
-            os.environ.pop(HOST_VARIABLE, None)
+            os.environ.pop(EMULATOR_HOST_VARIABLE, None)
         else:
-            os.environ[HOST_VARIABLE] = previous
+            os.environ[EMULATOR_HOST_VARIABLE] = previous
         server.stop_thread()

@@ -36,11 +36,10 @@ from tasklane.core.dead_letter_store import (
     StoredLetter,
     replay_request,
 )
-from tasklane.core.environment import DEAD_LETTER_DIR, FIRESTORE_DATABASE
+from tasklane.core.environment import DEAD_LETTER_DIR, FIRESTORE_DATABASE, FIRESTORE_EMULATOR_HOST
 from tasklane.producer.config import ProducerConfig
 from tasklane.producer.producer import InvalidTask, TaskProducer
 
-FIRESTORE_EMULATOR_HOST = "FIRESTORE_EMULATOR_HOST"
 AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
