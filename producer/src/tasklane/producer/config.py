@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasklane.core.wire import ENVELOPE_ROUTE
+
 EMULATOR_HOST = "CLOUD_TASKS_EMULATOR_HOST"
 ACTIONS = "TASKLANE_ACTIONS"
 # Always fullmatch: `$` would let a final newline through.
@@ -35,7 +37,7 @@ ENVIRONMENT_KEYS = {
     "firestore_database": "TASKLANE_FIRESTORE_DATABASE",
 }
 OPTIONAL_KEYS = frozenset({"task_dispatch_deadline", "firestore_database"})
-DEFAULT_ROUTE = "/process-order"
+DEFAULT_ROUTE = ENVELOPE_ROUTE
 DEFAULT_DEADLINE_SECONDS = 600.0
 
 
@@ -77,9 +79,13 @@ class ProducerConfig:
         if problems:
             raise ConfigError("invalid producer configuration: " + "; ".join(problems))
 
+    def url_for(self, route: str) -> str:
+        """The service's URL for `route` (which starts with /)."""
+        return self.service_url.rstrip("/") + route
+
     @property
     def task_url(self) -> str:
-        return self.service_url.rstrip("/") + self.route
+        return self.url_for(self.route)
 
     @classmethod
     def from_stack_outputs(cls, outputs: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ProducerConfig:

@@ -229,11 +229,7 @@ class TaskProducer:
                                   f"{_show(spec.idempotency_key)}")
             headers[IDEMPOTENCY_KEY_HEADER] = spec.idempotency_key
 
-        task: dict[str, Any] = {"http_request": {
-            "url": self.config.service_url.rstrip("/") + TASKS_ROUTE + spec.action, "http_method": "POST",
-            "headers": headers, "body": body,
-            "oidc_token": {"service_account_email": self.config.invoker_service_account,
-                           "audience": self.config.task_audience}}}
+        task: dict[str, Any] = {"http_request": self._http_request(TASKS_ROUTE + spec.action, headers, body)}
         if task_id is not None:
             task["name"] = f"{self.config.queue_path}/tasks/{task_id}"
         schedule_time = self._schedule_time(spec)
@@ -332,6 +328,13 @@ class TaskProducer:
             raise explain_permission_denied(error, self.config) from error
         return Enqueued(created.name)
 
+    def _http_request(self, route: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """An authenticated POST of `body` to the service's `route`: the OIDC token Cloud Tasks mints for the
+        invoker account, for the service's audience."""
+        return {"url": self.config.url_for(route), "http_method": "POST", "headers": dict(headers), "body": body,
+                "oidc_token": {"service_account_email": self.config.invoker_service_account,
+                               "audience": self.config.task_audience}}
+
     def enqueue_body(self, body: bytes, *, content_type: str = "application/json", route: str | None = None,
                      deadline: float | None = None, headers: Mapping[str, str] | None = None) -> Enqueued:
         """Create a task carrying `body` exactly as given (a dead letter's replay), under a fresh random name,
@@ -342,10 +345,7 @@ class TaskProducer:
         deadline = self.config.dispatch_deadline_seconds if deadline is None else deadline
         task: dict[str, Any] = {
             "name": f"{self.config.queue_path}/tasks/{secrets.token_hex(16)}",
-            "http_request": {"url": self.config.service_url.rstrip("/") + route, "http_method": "POST",
-                             "headers": {**(headers or {}), "Content-Type": content_type}, "body": body,
-                             "oidc_token": {"service_account_email": self.config.invoker_service_account,
-                                            "audience": self.config.task_audience}},
+            "http_request": self._http_request(route, {**(headers or {}), "Content-Type": content_type}, body),
             "dispatch_deadline": duration_pb2.Duration(seconds=int(deadline), nanos=int((deadline % 1) * 1e9))}
         try:
             created = self._client.create_task(request={"parent": self.config.queue_path, "task": task})
