@@ -174,15 +174,17 @@ class TaskProducer:
         self.config = config
         self.registry: ActionRegistry | None = None
         self.action_names: tuple[str, ...] | None = None
+        registry: ActionRegistry | None = None
         if actions is None:
-            self.registry = load_registry(config.actions) if config.actions else default_registry()
+            registry = load_registry(config.actions) if config.actions else default_registry()
         elif _is_registry(actions):
+            registry = actions
+        else:  # every handler also has the delivery check `make verify` sends (create_app adds it)
+            self.action_names = tuple(dict.fromkeys([*actions, VERIFY_ACTION]))
+        if registry is not None:
             from tasklane.handler.delivery_check import with_delivery_check
 
-            self.registry = with_delivery_check(actions)
-        else:
-            # Every handler also has the delivery check `make verify` sends.
-            self.action_names = tuple(dict.fromkeys([*actions, VERIFY_ACTION]))
+            self.registry = with_delivery_check(registry)
         self._clock = clock
         self._client = client or self._sync_client()
 

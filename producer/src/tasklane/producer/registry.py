@@ -27,7 +27,6 @@ DEFAULT_ACTIONS = "handler.order_actions:service_actions"
 def load_registry(path: str) -> ActionRegistry:
     """The registry `path` names, or ConfigError saying why it cannot be had."""
     from tasklane.handler.actions import ActionRegistry
-    from tasklane.handler.delivery_check import with_delivery_check
 
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
@@ -43,7 +42,7 @@ def load_registry(path: str) -> ActionRegistry:
     registry = found() if callable(found) and not isinstance(found, ActionRegistry) else found
     if not isinstance(registry, ActionRegistry):
         raise ConfigError(f"actions {path!r} is a {type(registry).__name__}, not an ActionRegistry")
-    return with_delivery_check(registry)  # every handler also has the check `make verify` sends
+    return registry
 
 
 def default_registry() -> ActionRegistry | None:
