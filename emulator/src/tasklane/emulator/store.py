@@ -44,8 +44,8 @@ _ENCODER = msgspec.json.Encoder()
 
 def _json(value: dict[str, Any]) -> str:
     """A row's JSON column, as text, by msgspec's encoder: every dispatch's record is written twice, and json.dumps
-    was an eighth of a drain with a state file. What msgspec refuses or would write as null (a lone surrogate; NaN,
-    infinity) goes through json.dumps, as before, so a row is never lost or changed by its encoding."""
+    was an eighth of a drain with a state file. What msgspec refuses (a lone surrogate anywhere) or would write as
+    null (a NaN or infinite top-level value; nested values are strings) goes through json.dumps, as before."""
     if not any(isinstance(field, float) and not math.isfinite(field) for field in value.values()):
         with contextlib.suppress(UnicodeEncodeError, TypeError, msgspec.EncodeError):
             return _ENCODER.encode(value).decode()
