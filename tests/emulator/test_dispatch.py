@@ -210,6 +210,22 @@ def test_times_between_microseconds_are_due_at_once_and_at_their_backoff(
     wait_for(lambda: len(target.on("/between")) == 2, message="the retry at exactly its backoff")
 
 
+@pytest.mark.parametrize("clock", [ManualClock(start=1_800_000_000.000017)], ids=["retry-between-microseconds"])
+def test_a_sleeping_dispatcher_wakes_when_the_clock_reaches_a_retry_time_between_microseconds(
+        client: tasks_v2.CloudTasksClient, target: Target, clock: ManualClock) -> None:
+    """The retry is due at int((start + 0.3) s in µs), which as a float is after start + 0.3: the clock moved to
+    exactly start + 0.3 must still wake the dispatcher, which sleeps until then."""
+    retry_at = clock.now() + 0.3
+    assert int(retry_at * 1_000_000) / 1_000_000 > retry_at, "the start must be such a moment"
+    url = target.answer("/asleep", 503, 200)
+    queue = fast_queue(client, min_backoff="0.3s", max_backoff="0.3s")
+    task = client.create_task(parent=queue.name, task={"http_request": {"url": url}})
+    wait_attempts(client, task.name, 1)
+    time.sleep(0.1)  # the dispatcher is asleep until the retry time
+    clock.advance(0.3)
+    wait_for(lambda: len(target.on("/asleep")) == 2, message="the retry, with nothing else to wake the dispatcher")
+
+
 @pytest.mark.parametrize("clock", [ManualClock(start=1_800_000_000.0000489)], ids=["between-microseconds"])
 def test_a_token_due_at_a_third_of_a_second_is_there_at_that_time(
         client: tasks_v2.CloudTasksClient, target: Target, clock: ManualClock) -> None:

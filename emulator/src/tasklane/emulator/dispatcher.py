@@ -289,10 +289,6 @@ class Dispatcher:
     def _dispatch_due(self) -> float | None:
         """Start every attempt that may start now; return when to look again (None: when woken)."""
         now = self.clock.now()
-        # Schedule times are whole µs. Compared as floats, a task created at `now` (its time truncated to the µs)
-        # or woken at exactly its time could read as due a fraction of a µs later, which a manual clock never
-        # reaches; to the nearest µs, both are due.
-        now_micros = round(now * 1_000_000)
         wake_at: float | None = None
         started: list[TaskState] = []
         history: list[AttemptRecord] = []
@@ -306,8 +302,11 @@ class Dispatcher:
                 due = self.engine.peek_due(queue)
                 if due is None:
                     break
-                if due[0] > now_micros:
-                    at = due[0] / 1_000_000
+                # Schedule times are whole µs, truncated from the clock; as a float, the µs can read a fraction
+                # after the moment it came from, which a manual clock set to that moment never reaches. Half a µs
+                # before it, and compared exactly as the clock's sleepers are woken, it is due then.
+                at = (due[0] - 0.5) / 1_000_000
+                if at > now:
                     wake_at = at if wake_at is None else min(wake_at, at)
                     break
                 if self.enforce_rate_limits and not runtime.bucket.try_take(now):
