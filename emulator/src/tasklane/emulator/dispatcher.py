@@ -120,7 +120,9 @@ class TokenBucket:
         return False
 
     def next_token_at(self) -> float:
-        return self.updated + (1.0 - self.tokens) / self.rate
+        """When the next token is whole, half the slack early: a manual clock moved to exactly that time is past
+        it, whatever the float rounding of either, and `try_take` then finds the token."""
+        return self.updated + (1.0 - self.tokens) / self.rate - TOKEN_SLACK_SECONDS / 2
 
 
 @dataclass
