@@ -187,8 +187,7 @@ class Dispatcher:
         self.attempts: collections.deque[AttemptRecord] = collections.deque(
             (AttemptRecord.from_stored(stored) for stored in engine.store.attempts(attempts_kept)),
             maxlen=attempts_kept)
-        """The history, oldest first; with a state file it is saved there and read back at start."""
-        self._keeps_history = engine.store.durable
+        """The history, oldest first; with a state file the engine saves it there, and it is read back at start."""
         self._next_seq = self.attempts[-1].seq + 1 if self.attempts else 1
         self._history_pruned_below = 0
         self.runtimes: dict[str, QueueRuntime] = {}
@@ -245,7 +244,7 @@ class Dispatcher:
                 (self.attempts[0].finished or self.attempts[0].started) < before:
             self.attempts.popleft()
         below = self.attempts[0].seq if self.attempts else self._next_seq
-        if self._keeps_history and below > self._history_pruned_below:
+        if below > self._history_pruned_below:
             self.engine.forget_history(below)
             self._history_pruned_below = below
         self.tokens.prune()
@@ -320,7 +319,7 @@ class Dispatcher:
                 history.append(self._start(due[1], runtime, persist=False))
         # One commit for every attempt started here, their records, and every outcome since the last pass; the
         # attempts' requests go out only after this returns.
-        self.engine.persist(started, history if self._keeps_history else None)
+        self.engine.persist(started, history)
         return wake_at
 
     async def _gather_created(self, seconds: float) -> None:
@@ -367,7 +366,7 @@ class Dispatcher:
         self._next_seq += 1
         self.attempts.append(record)
         if persist:
-            self.engine.persist([state], [record] if self._keeps_history else None)
+            self.engine.persist([state], [record])
         runtime.in_flight += 1
         runtime.peak_in_flight = max(runtime.peak_in_flight, runtime.in_flight)
         send = asyncio.create_task(self._send(attempt, runtime, record, headers, url))
@@ -420,7 +419,7 @@ class Dispatcher:
         record.status, record.finished = status, self.clock.now()
         before = self._log_context(attempt)
         record.outcome = self.engine.finish_attempt(attempt, status, retry_after, answered=answered,
-                                                    history=record if self._keeps_history else None)
+                                                    history=record)
         if before is not None:
             self._log_attempt(attempt, record, before, answered)
         self._answered += 1

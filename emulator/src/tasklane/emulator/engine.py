@@ -543,8 +543,9 @@ class Engine:
             previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
 
     def persist(self, states: list[TaskState], history: Sequence[AttemptHistory] | None = None) -> None:
-        """Save attempts that are starting, their records in the history, and every outcome still unsaved, in
-        one transaction; if the store fails, they are saved later (`save_unsaved`)."""
+        """With a state file, save attempts that are starting, their records in the history, and every outcome
+        still unsaved, in one transaction; if the store fails, they are saved later (`save_unsaved`). Without
+        one, nothing: whether anything is written is decided here and in the store, not by the callers."""
         if self.store.durable:
             self._unsaved.update(state.name for state in states)
             self._unsaved_history.update((record.seq, record) for record in history or ())
@@ -553,6 +554,8 @@ class Engine:
     def forget_history(self, below: int) -> None:
         """Drop the attempt records before `seq` `below` from the store (the dispatcher no longer keeps them);
         if the store fails, the next call tries again."""
+        if not self.store.durable:
+            return
         for seq in [seq for seq in self._unsaved_history if seq < below]:
             del self._unsaved_history[seq]
         try:
@@ -564,7 +567,8 @@ class Engine:
                        history: AttemptHistory | None = None) -> str:
         """Record an attempt's outcome. Without an answer, `status` stands for what happened: 504 for no
         answer before the deadline (§1.4), 502 for a target that could not be reached. With `history`, the
-        attempt's record takes the outcome and is saved in the same transaction as the task's outcome.
+        attempt's record takes the outcome and, with a state file, is saved in the same transaction as the task's
+        outcome.
 
         Returns "succeeded", "retrying", "gave_up" or "gone" (deleted or purged meanwhile).
         """
