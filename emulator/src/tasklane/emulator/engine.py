@@ -67,7 +67,7 @@ def rpc_code_for(status: int) -> int:
 
 
 _PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
-_METHOD_NAMES = {method.value: method.name for method in target_types.HttpMethod}
+_METHOD_NAMES = {method.value: name for name, method in target_types.HttpMethod.__members__.items()}
 """Looked up per attempt; building the enum member each time was a µs of each."""
 
 
