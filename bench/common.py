@@ -42,8 +42,8 @@ class Process:
     """A server the benchmark starts in its own process; ready once something listens on `ready_port`."""
 
     def __init__(self, argv: list[str], ready_port: int, cwd: Path = REPO, env: dict[str, str] | None = None,
-                 stdout: Any = subprocess.DEVNULL) -> None:
-        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.DEVNULL)
+                 stdout: Any = subprocess.DEVNULL, stderr: Any = subprocess.DEVNULL) -> None:
+        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
         wait_for_port(ready_port)
 
     def rss(self) -> int:

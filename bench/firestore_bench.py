@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import free_port, wait_for_port, write_results  # noqa: E402
+from bench.common import Process, free_port, write_results  # noqa: E402
 from bench.handler_bench import WRK_SCRIPT  # noqa: E402
 from local.google_emulators import GoogleEmulator  # noqa: E402
 
@@ -37,16 +37,13 @@ QUEUE = "projects/tasklane-bench/locations/us-central1/queues/orders"
 BODY = b'{"orderId":"order-42","action":"update_inventory","customerEmail":"buyer@example.com"}'
 
 
-def start_handler(python: str, port: int, extra: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_handler(python: str, port: int, extra: dict[str, str], log: Path) -> Process:
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "TASKLANE_QUEUE_PATH": QUEUE,
            "TASKLANE_TOKEN_CHECK": "off", "TASKLANE_MAX_ATTEMPTS": "5", **extra}
     env.pop("FIRESTORE_EMULATOR_HOST", None)
     env.update(extra)
     with open(log, "wb") as output:
-        process = subprocess.Popen([python, "-m", "handler"], cwd=REPO, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT)
-    wait_for_port(port)
-    return process
+        return Process([python, "-m", "handler"], port, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
 def latencies(port: int, count: int, prefix: str) -> list[float]:
@@ -104,8 +101,7 @@ def main() -> None:
                 times = latencies(port, args.requests, f"lat-{name}")
                 rate = wrk(port, args.seconds)
             finally:
-                process.terminate()
-                process.wait(timeout=15)
+                process.stop()
             results[name] = {"p50_ms": round(statistics.median(times), 2), "p99_ms": round(percentile(times, 0.99), 2),
                              "requests_per_second": round(rate, 1)}
             print(name, results[name], flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpc
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import free_port, wait_for_port, write_results  # noqa: E402
+from bench.common import EmulatorProcess, write_results  # noqa: E402
 from tasklane.producer import ProducerConfig, TaskProducer, TaskSpec  # noqa: E402
 
 PARENT = "projects/bench/locations/us-central1"
@@ -33,14 +32,9 @@ QUEUE = f"{PARENT}/queues/producer"
 
 
 def run_case(latency: float, tasks: int, sequential_tasks: int, concurrency: int) -> dict[str, float]:
-    port = free_port()
-    command = [sys.executable, "-m", "tasklane.emulator", "--grpc-port", str(port), "--http-port", str(free_port()),
-               "--log-level", "WARNING"]
-    if latency:
-        command += ["--latency", f"CreateTask={latency}"]
-    emulator = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    emulator = EmulatorProcess(*(["--latency", f"CreateTask={latency}"] if latency else []))
+    port = emulator.port
     try:
-        wait_for_port(port)
         client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(
             channel=grpc.insecure_channel(f"127.0.0.1:{port}")))
         client.create_queue(parent=PARENT, queue={"name": QUEUE})
@@ -62,8 +56,7 @@ def run_case(latency: float, tasks: int, sequential_tasks: int, concurrency: int
         many = time.perf_counter() - began
         failed = sum(1 for result in results if result.status != "created")
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=15)
+        emulator.stop()
     return {"injected_latency_ms": latency * 1000, "sequential_tasks": sequential_tasks,
             "sequential_seconds": round(sequential, 3),
             "sequential_tasks_per_second": round(sequential_tasks / sequential, 1),
