@@ -194,6 +194,22 @@ def test_a_deliverable_url_is_accepted(client: tasks_v2.CloudTasksClient, url: s
 
 # -- Out-of-range values --------------------------------------------------------------------------
 
+@pytest.mark.parametrize("kind", ["http_request", "app_engine_http_request"])
+@pytest.mark.parametrize("method", [8, 99, -1])
+def test_an_http_method_that_is_not_an_httpmethod_is_refused(client: tasks_v2.CloudTasksClient, kind: str,
+                                                             method: int) -> None:
+    """protobuf keeps an enum number it does not know; accepted, such a task could never be sent."""
+    task = tasks_v2.Task.pb()()
+    if kind == "http_request":
+        task.http_request.url = TARGET
+    else:
+        task.app_engine_http_request.relative_uri = "/work"
+    getattr(task, kind).http_method = method
+    with pytest.raises(api_exceptions.InvalidArgument, match=rf"httpMethod {method} is not an HttpMethod; "
+                                                             r"allowed: POST, GET, HEAD, PUT, DELETE, PATCH, OPTIONS"):
+        create(client, tasks_v2.Task.wrap(task))
+
+
 @pytest.mark.parametrize("schedule", [
     timestamp_pb2.Timestamp(seconds=253_402_300_800), timestamp_pb2.Timestamp(seconds=2**62),
     timestamp_pb2.Timestamp(seconds=-(2**62)), timestamp_pb2.Timestamp(seconds=-62_135_596_801),

@@ -49,6 +49,7 @@ MAX_DURATION_SECONDS = 315_576_000_000
 # Plain ints: the raw messages hold ints, and comparing them with proto-plus enums is slow on the CreateTask path.
 POST, UNSPECIFIED_METHOD = int(HttpMethod.POST), int(HttpMethod.HTTP_METHOD_UNSPECIFIED)
 BODY_METHODS = frozenset({POST, int(HttpMethod.PUT), int(HttpMethod.PATCH)})
+METHOD_NAMES = {int(method): name for name, method in HttpMethod.__members__.items() if method != UNSPECIFIED_METHOD}
 FULL_VIEW, BASIC_VIEW = int(task_types.Task.View.FULL), int(task_types.Task.View.BASIC)
 
 # Queue defaults when a field is unset (§2.6, §3.1, §3.2).
@@ -206,6 +207,16 @@ def _has_header(headers: dict[str, str], name: str) -> bool:
     return any(key.lower() == name.lower() for key in headers)
 
 
+def _check_method(request: Any, what: str) -> None:
+    """POST when unset; otherwise one of HttpMethod's values. (protobuf keeps a number it does not know, and an
+    attempt could not be sent with it.)"""
+    if request.http_method == UNSPECIFIED_METHOD:
+        request.http_method = POST
+    elif request.http_method not in METHOD_NAMES:
+        raise errors.invalid(f"{what}.httpMethod {request.http_method} is not an HttpMethod; allowed: "
+                             f"{', '.join(METHOD_NAMES.values())}.")  # inferred
+
+
 def _task_headers(headers: Any, field: str) -> dict[str, str]:
     """The headers a task may send: each name a valid HTTP token, no value able to end the header line
     (CR, LF, NUL or another control character); the reserved and hop-by-hop ones dropped (§7.9)."""
@@ -271,8 +282,7 @@ def normalise_new_task(task: Any, now: float) -> None:
         check_http_url(request.url)
         if deadline is not None and not MIN_DEADLINE <= deadline <= MAX_HTTP_DEADLINE:
             raise errors.invalid("Task.dispatchDeadline must be between [15s, 30m].")
-        if request.http_method == UNSPECIFIED_METHOD:
-            request.http_method = POST
+        _check_method(request, "HttpRequest")
         if request.body and request.http_method not in BODY_METHODS:
             raise errors.invalid("HttpRequest.body can only be set for POST, PUT or PATCH requests.")  # inferred
         if request.HasField("oidc_token") and not request.oidc_token.service_account_email:
@@ -294,8 +304,7 @@ def normalise_new_task(task: Any, now: float) -> None:
         if FORBIDDEN_IN_URL.search(request.relative_uri):
             raise errors.invalid("AppEngineHttpRequest.relativeUri must not contain spaces or control characters; "
                                  "percent-encode them.")  # inferred
-        if request.http_method == UNSPECIFIED_METHOD:
-            request.http_method = POST
+        _check_method(request, "AppEngineHttpRequest")
         headers = _task_headers(request.headers, "AppEngineHttpRequest.headers")
         headers["User-Agent"] = APP_ENGINE_USER_AGENT
         if request.body:
