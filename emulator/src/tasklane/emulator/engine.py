@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from google.cloud.tasks_v2.types import queue as queue_types
-from google.cloud.tasks_v2.types import target as target_types
 from google.protobuf import field_mask_pb2
 from google.rpc import code_pb2
 
@@ -29,6 +28,7 @@ from tasklane.emulator.retry import policy_of
 from tasklane.emulator.store import StorageError, Store, StoredAttempt, StoredTask
 from tasklane.emulator.validation import (
     MAX_TIMESTAMP_SECONDS,
+    METHOD_NAMES,
     Queue,
     Task,
     apply_queue_defaults,
@@ -67,8 +67,8 @@ def rpc_code_for(status: int) -> int:
 
 
 _PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
-_METHOD_NAMES = {method.value: name for name, method in target_types.HttpMethod.__members__.items()}
-"""Looked up per attempt; building the enum member each time was a µs of each."""
+"""Looked up per attempt, as the method's name is (validation.METHOD_NAMES): building the enum member each time
+was a µs of each."""
 
 
 def reason_phrase(status: int) -> str:
@@ -531,7 +531,7 @@ class Engine:
         deadline = task.dispatch_deadline
         return Attempt(
             task_name=state.name, queue_id=queue_id, task_id=state.name.rsplit("/", 1)[1], kind=kind,
-            method=_METHOD_NAMES.get(request.http_method) or target_types.HttpMethod(request.http_method).name,
+            method=METHOD_NAMES[request.http_method],  # CreateTask accepts no other
             url=request.url if kind == "http_request" else request.relative_uri or "/",
             headers=dict(request.headers), body=bytes(request.body),
             oidc_email=oidc.service_account_email if oidc else None,
