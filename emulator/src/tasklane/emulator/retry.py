@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 
+MOST_DOUBLINGS = 1000
+"""Doublings counted, at most. maxDoublings has no upper limit, but 2.0 ** 1024 is past a float: the 1025th failure
+raised OverflowError and left its task in flight for good. Any min_backoff above zero (1 ns at least) doubled 1,000
+times is far past the longest max_backoff, so the interval is the same."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int
@@ -23,9 +29,9 @@ class RetryPolicy:
 
     def interval(self, failures: int) -> float:
         """Seconds from the `failures`-th failed attempt to the next attempt (failures >= 1)."""
-        doublings = min(failures - 1, self.max_doublings)
+        doublings = min(failures - 1, self.max_doublings, MOST_DOUBLINGS)
         linear_steps = max(1, failures - self.max_doublings)
-        return float(min(self.max_backoff, self.min_backoff * float(2 ** doublings) * linear_steps))
+        return float(min(self.max_backoff, self.min_backoff * 2.0 ** doublings * linear_steps))
 
     def gives_up(self, attempts: int, first_attempt: float, now: float) -> bool:
         """Whether a task that has failed `attempts` times is dropped: only when both limits are spent."""
