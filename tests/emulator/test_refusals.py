@@ -210,6 +210,25 @@ def test_an_http_method_that_is_not_an_httpmethod_is_refused(client: tasks_v2.Cl
         create(client, tasks_v2.Task.wrap(task))
 
 
+@pytest.mark.parametrize(("relative_uri", "refusal"), [
+    ("@evil.example/x", "must begin with '/'"), ("x", "must begin with '/'"),
+    ("http://evil.example/x", "must begin with '/'"), ("/" + "a" * 2083, "must be at most 2083 characters")])
+def test_an_app_engine_relative_uri_must_be_a_path(client: tasks_v2.CloudTasksClient, relative_uri: str,
+                                                   refusal: str) -> None:
+    """Sent after the App Engine URL: "@evil.example/x" made it http://127.0.0.1:PORT@evil.example/x, another host."""
+    with pytest.raises(api_exceptions.InvalidArgument, match=f"AppEngineHttpRequest.relativeUri {refusal}"):
+        create(client, {"app_engine_http_request": {"relative_uri": relative_uri}})
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE", "PATCH", "OPTIONS"])
+def test_an_app_engine_body_needs_post_or_put(client: tasks_v2.CloudTasksClient, method: str) -> None:
+    with pytest.raises(api_exceptions.InvalidArgument, match="body can only be set for POST or PUT"):
+        create(client, {"app_engine_http_request": {"relative_uri": "/work", "http_method": method, "body": b"x"}})
+    for allowed in ("POST", "PUT"):
+        create(client, {"app_engine_http_request": {"relative_uri": "/work", "http_method": allowed, "body": b"x"}})
+    create(client, {"app_engine_http_request": {"relative_uri": "", "http_method": method}})  # "/" when empty
+
+
 @pytest.mark.parametrize("schedule", [
     timestamp_pb2.Timestamp(seconds=253_402_300_800), timestamp_pb2.Timestamp(seconds=2**62),
     timestamp_pb2.Timestamp(seconds=-(2**62)), timestamp_pb2.Timestamp(seconds=-62_135_596_801),

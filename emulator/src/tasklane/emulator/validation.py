@@ -49,6 +49,8 @@ MAX_DURATION_SECONDS = 315_576_000_000
 # Plain ints: the raw messages hold ints, and comparing them with proto-plus enums is slow on the CreateTask path.
 POST, UNSPECIFIED_METHOD = int(HttpMethod.POST), int(HttpMethod.HTTP_METHOD_UNSPECIFIED)
 BODY_METHODS = frozenset({POST, int(HttpMethod.PUT), int(HttpMethod.PATCH)})
+APP_ENGINE_BODY_METHODS = frozenset({POST, int(HttpMethod.PUT)})
+"""AppEngineHttpRequest.body: "allowed only if the HTTP method is POST or PUT" (target.proto)."""
 METHOD_NAMES = {int(method): name for name, method in HttpMethod.__members__.items() if method != UNSPECIFIED_METHOD}
 FULL_VIEW, BASIC_VIEW = int(task_types.Task.View.FULL), int(task_types.Task.View.BASIC)
 
@@ -301,10 +303,19 @@ def normalise_new_task(task: Any, now: float) -> None:
         request = task.app_engine_http_request
         if deadline is not None and not MIN_DEADLINE <= deadline <= MAX_APP_ENGINE_DEADLINE:
             raise errors.invalid("Task.dispatchDeadline must be between [15s, 24h15s].")
+        # target.proto: it "must begin with "/"" (empty is "/"), at most 2083 characters, no spaces. Sent after the
+        # App Engine URL, "@host/..." or "x" would otherwise change the host or break the URL.
+        if request.relative_uri and not request.relative_uri.startswith("/"):
+            raise errors.invalid("AppEngineHttpRequest.relativeUri must begin with '/', e.g. '/work?id=1'.")  # inferred
+        if len(request.relative_uri) > MAX_URL_LENGTH:
+            raise errors.invalid(f"AppEngineHttpRequest.relativeUri must be at most {MAX_URL_LENGTH} characters "
+                                 "long.")  # inferred
         if FORBIDDEN_IN_URL.search(request.relative_uri):
             raise errors.invalid("AppEngineHttpRequest.relativeUri must not contain spaces or control characters; "
                                  "percent-encode them.")  # inferred
         _check_method(request, "AppEngineHttpRequest")
+        if request.body and request.http_method not in APP_ENGINE_BODY_METHODS:
+            raise errors.invalid("AppEngineHttpRequest.body can only be set for POST or PUT requests.")  # inferred
         headers = _task_headers(request.headers, "AppEngineHttpRequest.headers")
         headers["User-Agent"] = APP_ENGINE_USER_AGENT
         if request.body:
