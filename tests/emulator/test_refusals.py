@@ -229,6 +229,17 @@ def test_an_app_engine_body_needs_post_or_put(client: tasks_v2.CloudTasksClient,
     create(client, {"app_engine_http_request": {"relative_uri": "", "http_method": method}})  # "/" when empty
 
 
+@pytest.mark.parametrize("tail", ["a" * 6000 + " ", "é" * 3000 + " ", "😀" * 20_000])
+def test_an_error_echoing_a_huge_name_still_arrives_as_its_own_code(client: tasks_v2.CloudTasksClient,
+                                                                    tail: str) -> None:
+    """The message is cut, so gRPC's trailers stay under the client's metadata limit: the code is INVALID_ARGUMENT
+    every time, not RESOURCE_EXHAUSTED or a bare ValueError from the client."""
+    for _ in range(5):
+        with pytest.raises(api_exceptions.InvalidArgument) as refused:
+            create(client, {"name": f"{PAUSED}/tasks/{tail}", "http_request": {"url": TARGET}})
+        assert len(refused.value.message.encode()) <= 1024 and refused.value.message.endswith("…")
+
+
 @pytest.mark.parametrize("schedule", [
     timestamp_pb2.Timestamp(seconds=253_402_300_800), timestamp_pb2.Timestamp(seconds=2**62),
     timestamp_pb2.Timestamp(seconds=-(2**62)), timestamp_pb2.Timestamp(seconds=-62_135_596_801),

@@ -13,11 +13,23 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
 
+MAX_MESSAGE_BYTES = 1024
+"""A message longer than this (UTF-8) is cut, with "…": some echo what the client sent (a task name of 6,000
+characters), and gRPC carries the message twice in its trailers (grpc-message, percent-encoded, and
+grpc-status-details-bin), past the client's 8 KiB metadata limit. The client then raised RESOURCE_EXHAUSTED, or a
+bare ValueError, where REST answered INVALID_ARGUMENT."""
+
+
 @dataclass
 class ApiError(Exception):
     code: grpc.StatusCode
     message: str
     details: list[any_pb2.Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        encoded = self.message.encode()
+        if len(encoded) > MAX_MESSAGE_BYTES:
+            self.message = encoded[:MAX_MESSAGE_BYTES - 3].decode(errors="ignore") + "…"
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
