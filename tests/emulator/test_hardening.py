@@ -420,7 +420,7 @@ def test_any_json_to_the_faults_endpoint_is_applied_whole_or_not_at_all(emulator
 
 
 @pytest.mark.parametrize("body", [b"{", b'{"seconds": Infinity}', b'{"seconds": NaN}', b'{"seconds": -1}',
-                                  b'{"seconds": true}', b"[]"])
+                                  b'{"seconds": true}', b"[]", b'{"seconds": 1e12}', b'{"seconds": 1e300}'])
 def test_moving_the_clock_with_invalid_json_is_400(make_emulator: Callable[..., EmulatorServer],
                                                    clock: ManualClock, body: bytes) -> None:
     emulator = make_emulator()

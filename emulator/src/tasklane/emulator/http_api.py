@@ -24,6 +24,11 @@ from tasklane.emulator.rpc import CloudTasksApi
 from tasklane.emulator.tokens import TokenIssuer
 
 
+LATEST_CLOCK = 221_845_392_000.0
+"""9000-01-01T00:00:00Z: the latest a manual clock can be moved to. Moved past year 9999, every CreateTask answered
+500 (its times no longer fit a Timestamp); this leaves room for schedule times, backoffs and tombstones ahead."""
+
+
 async def _json(request: Request) -> Any:
     """The request's JSON body; ValueError (with what is wrong) for anything else."""
     try:
@@ -134,6 +139,10 @@ def create_http_app(api: CloudTasksApi, tokens: TokenIssuer, base_url: str, cons
             seconds = body.get("seconds") if isinstance(body, dict) else None
             if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds < math.inf:
                 return JSONResponse({"error": "send {\"seconds\": N} with N >= 0"}, status_code=400)
+            if engine.clock.now() + seconds > LATEST_CLOCK:
+                return JSONResponse({"error": f"the clock can move at most {LATEST_CLOCK - engine.clock.now():.0f} s "
+                                              "further, to 9000-01-01T00:00:00Z: past it, schedule and retry "
+                                              "times would leave the Timestamp range"}, status_code=400)
             engine.clock.advance(float(seconds))
             dispatcher.wake()
         return JSONResponse({"now": engine.clock.now(), "manual": manual})
