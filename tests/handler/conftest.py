@@ -22,6 +22,7 @@ from tasklane.handler.actions import ActionRegistry
 from tasklane.handler.app import create_app
 from tasklane.handler.auth import TokenVerifier
 from tasklane.handler.config import HandlerConfig, TokenCheck
+from tasklane.handler.idempotency import IdempotencyStore
 
 QUEUE_PATH = "projects/tasklane-test/locations/us-central1/queues/orders"
 INVOKER = "tasklane-invoker@tasklane-test.iam.gserviceaccount.com"
@@ -85,11 +86,11 @@ class HandlerUnderTest:
 def build_handler() -> Callable[..., HandlerUnderTest]:
     def build(actions: ActionRegistry | None = None, sink: RecordingSink | None = None,
               fetch_keys: Callable[[str], tuple[dict[str, str], float]] | None = None,
-              **config: Any) -> HandlerUnderTest:
+              idempotency: IdempotencyStore | None = None, **config: Any) -> HandlerUnderTest:
         log = RecordedLog()
         sink = sink or RecordingSink()
         kwargs: dict[str, Any] = {"log": StructuredLog(project_id="tasklane-test", writer=log.write),
-                                  "dead_letters": sink}
+                                  "dead_letters": sink, "idempotency": idempotency}
         handler_config = make_config(**config)
         kwargs["actions"] = actions if actions is not None else service_actions(handler_config.demo_actions)
         if fetch_keys is not None:

@@ -22,6 +22,7 @@ from tasklane.core.task_context import TaskContext
 from tasklane.handler.actions import ActionLog, ActionRegistry, RetryableError
 from tasklane.handler.app import create_app
 from tasklane.handler.config import MAX_BODY_BYTES
+from tasklane.handler.idempotency import Claim, InProcessIdempotencyStore
 from tests.handler.conftest import HandlerUnderTest, RecordedLog, RecordingSink, make_config, task_headers
 
 VALID = {"orderId": "order-42", "action": "update_inventory"}
@@ -194,6 +195,48 @@ def test_if_the_dead_letter_sink_fails_the_task_is_not_acknowledged(
     retried = post(handler, b"not json", task_headers("poison-2", retry_count=1))
     assert retried.status_code == 200
     assert len(sink.letters) == 1
+
+
+def test_a_final_attempt_failing_while_the_dead_letter_sink_is_down_logs_the_letter_whole(
+        build_handler: Callable[..., HandlerUnderTest]) -> None:
+    """Nothing retries a final attempt, so the letter the sink could not take goes to the log, body and all."""
+    def fail(run: int) -> None:
+        raise RetryableError("busy")
+
+    actions, _ = recording_actions(fail)
+    handler = build_handler(actions=actions, sink=RecordingSink(fail=True), max_attempts=3)
+    body = {"orderId": "o-final", "action": "work"}
+    assert post(handler, body, task_headers("t-last", retry_count=2)).status_code == 503
+    messages = [entry["message"] for entry in handler.log.with_severity("ERROR")]
+    assert not any("will be retried" in message for message in messages), messages
+    assert any("final attempt; the letter is logged instead" in message for message in messages)
+    [logged] = [entry["tasklane_dead_letter"] for entry in handler.log.entries if "tasklane_dead_letter" in entry]
+    assert logged["kind"] == "final_attempt_failed" and logged["task_name"] == "t-last"
+    assert json.loads(base64.b64decode(logged["body_base64"])) == body
+
+
+def test_poison_on_its_final_attempt_while_the_sink_is_down_is_logged_too(
+        build_handler: Callable[..., HandlerUnderTest]) -> None:
+    handler = build_handler(sink=RecordingSink(fail=True), max_attempts=3)
+    assert post(handler, b"not json", task_headers("poison-last", retry_count=2)).status_code == 500
+    [logged] = [entry["tasklane_dead_letter"] for entry in handler.log.entries if "tasklane_dead_letter" in entry]
+    assert logged["kind"] == "rejected" and base64.b64decode(logged["body_base64"]) == b"not json"
+
+
+def test_a_final_attempt_meeting_a_held_key_is_dead_lettered(build_handler: Callable[..., HandlerUnderTest]) -> None:
+    """A crashed delivery's lease holds the key until it lapses; Cloud Tasks drops the task after the final 409."""
+    actions, runs = recording_actions(lambda run: None)
+    store = InProcessIdempotencyStore(lease_seconds=600)
+    handler = build_handler(actions=actions, idempotency=store, max_attempts=3)
+    assert asyncio.run(store.begin("orders/t-held")) is Claim.STARTED  # the delivery that crashed
+    body = {"orderId": "o-held", "action": "work"}
+    early = post(handler, body, task_headers("t-held", retry_count=1))
+    assert (early.status_code, early.json()["status"], handler.sink.letters) == (409, "in_progress", [])
+    final = post(handler, body, task_headers("t-held", retry_count=2))
+    assert final.status_code == 409 and final.headers["Retry-After"] == "10"
+    [letter] = handler.sink.letters
+    assert letter.kind == "final_attempt_failed" and "held by another delivery" in letter.reason
+    assert json.loads(letter.body) == body and runs == []
 
 
 def test_a_duplicate_delivery_does_not_run_the_action_again(build_handler: Callable[..., HandlerUnderTest]) -> None:

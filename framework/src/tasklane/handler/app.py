@@ -21,8 +21,9 @@ Routes: `POST /tasks/<action>` for every action, and the tutorial's `POST /proce
 action in the body (handler/task_routes.py); `GET /openapi.json` describes both, with every payload's schema.
 
 A failure on the final attempt is dead-lettered before answering, because Cloud Tasks then drops it:
-whatever failed, the action, the decoder or the handler itself.
-If the dead-letter sink fails, the task is not acknowledged, so it is retried rather than lost.
+whatever failed, the action, the decoder or the handler itself, or a key another delivery still holds (409).
+If the dead-letter sink fails, the task is not acknowledged, so it is retried rather than lost; on the final
+attempt, which nothing retries, the letter is written to the log whole instead.
 """
 
 from __future__ import annotations
@@ -164,8 +165,13 @@ class TaskHandler:
                               trace_header=trace)
                 return _json(200, {"status": "duplicate"})
             if claim is Claim.IN_PROGRESS:
-                return _json(409, {"status": "in_progress", "reason": f"{key} is being processed"},
-                             {"Retry-After": str(IN_PROGRESS_RETRY_AFTER_SECONDS)})
+                # On the final attempt this is dead-lettered too: the lease may be a crashed delivery's, held until
+                # it lapses, and Cloud Tasks drops the task after this answer.
+                return await self._fail(request, task, body, 409,
+                                        {"status": "in_progress", "reason": f"{key} is being processed"},
+                                        {"Retry-After": str(IN_PROGRESS_RETRY_AFTER_SECONDS)},
+                                        f"{key} was held by another delivery (which may still finish: check before "
+                                        "replaying)")
 
         try:
             with self.tracing.action(name, trace) as action_trace:
@@ -215,7 +221,7 @@ class TaskHandler:
         self.log.emit("ERROR", f"rejected task {task.task_name}: {reason}", task=task, trace_header=trace)
         letter = DeadLetter.capture("rejected", reason, task, request.method, request.url.path,
                                     request.headers, body)
-        if not await self._dead_letter(letter, trace):
+        if not await self._dead_letter(letter, trace, final=task.is_final_attempt(self.config.max_attempts)):
             await self._release(key)
             return _json(500, {"status": "error", "reason": "dead-letter sink failed; retry"})
         if key is not None:
@@ -228,17 +234,27 @@ class TaskHandler:
         if task.is_final_attempt(self.config.max_attempts):
             letter = DeadLetter.capture("final_attempt_failed", reason, task, request.method, request.url.path,
                                         request.headers, body)
-            await self._dead_letter(letter, request.headers.get(TRACE_HEADER))
+            await self._dead_letter(letter, request.headers.get(TRACE_HEADER), final=True)
         return _json(status, content, headers)
 
-    async def _dead_letter(self, letter: DeadLetter, trace: str | None) -> bool:
+    async def _dead_letter(self, letter: DeadLetter, trace: str | None, final: bool = False) -> bool:
+        """Send `letter` to the sink; False if it failed. On the final attempt nothing retries the task, so a
+        failed sink's letter goes to the log instead, body and all, where it can still be found."""
         try:
             await self.dead_letters.send(letter)
             return True
         except Exception as error:  # noqa: BLE001 - a failing sink must not lose the task
-            self.log.exception("dead-letter sink failed; the task will be retried", error, task=letter.task,
-                               trace_header=trace)
-            return False
+            if not final:
+                self.log.exception("dead-letter sink failed; the task will be retried", error, task=letter.task,
+                                   trace_header=trace)
+                return False
+            self.log.exception("dead-letter sink failed on the task's final attempt; the letter is logged instead",
+                               error, task=letter.task, trace_header=trace)
+        try:
+            await LogDeadLetterSink(self.log).send(letter)
+        except Exception as error:  # noqa: BLE001 - nothing else is left to keep it in
+            self.log.exception("could not log the dead letter either", error, task=letter.task, trace_header=trace)
+        return False
 
     async def _release(self, key: str | None) -> None:
         if key is not None:
