@@ -64,10 +64,27 @@ def test_entries_carry_severity_message_trace_and_task_labels() -> None:
     }
 
 
-@pytest.mark.parametrize("header", ["", "/", "no-slash-at-all;o=1"])
+TRACE = "105445aa7843bc8bf206b12000100000"
+
+
+@pytest.mark.parametrize("header", ["", "/", "no-slash-at-all;o=1", f"{TRACE}/²", f"{TRACE}/{'9' * 5000}",
+                                    f"{TRACE}/{2**64}", f"{TRACE}/0", f"{TRACE}/-5", "x" * 32 + "/10", "a/10",
+                                    f"{TRACE}0/10", f"{TRACE}/١٢٣"])
 def test_odd_trace_headers_do_not_break_logging(header: str) -> None:
+    """The header is the caller's: a span that is not a decimal 64-bit ID is left out, and a trace ID that is not
+    32 hex digits leaves out the trace; every entry is still written."""
     fields = trace_fields(header, "p")
     assert all(isinstance(value, str | bool) for value in fields.values())
+    assert "logging.googleapis.com/spanId" not in fields
+    log = RecordedLog()
+    StructuredLog(project_id="p", writer=log.write).emit("INFO", "still logged", trace_header=header)
+    assert json.loads(log.lines[0])["message"] == "still logged"
+
+
+def test_a_well_formed_trace_header_gives_trace_and_span() -> None:
+    assert trace_fields(f"{TRACE}/{2**64 - 1};o=0", "p") == {
+        "logging.googleapis.com/trace": f"projects/p/traces/{TRACE}",
+        "logging.googleapis.com/spanId": "ffffffffffffffff", "logging.googleapis.com/trace_sampled": False}
 
 
 def test_library_records_are_json_lines_too() -> None:

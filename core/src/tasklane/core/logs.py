@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,8 @@ import msgspec
 
 from tasklane.core.task_context import TaskContext
 
+TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
+SPAN_ID = re.compile(r"[0-9]{1,20}")
 TRACE_KEY = "logging.googleapis.com/trace"
 SPAN_KEY = "logging.googleapis.com/spanId"
 SAMPLED_KEY = "logging.googleapis.com/trace_sampled"
@@ -35,13 +38,16 @@ def trace_fields(trace_header: str | None, project_id: str | None) -> dict[str, 
     """Fields linking an entry to the request's trace, from `X-Cloud-Trace-Context: TRACE/SPAN;o=1`."""
     if not trace_header or not project_id:
         return {}
+    # The header comes from whoever sent the request: anything but the documented shape (a 32-character hex trace
+    # ID, a decimal 64-bit span ID) is left out. "²" passed str.isdigit() and 5,000 digits passed it too, and int()
+    # raised on both, so every log entry of that request failed.
     trace_id, _, rest = trace_header.partition("/")
-    if not trace_id:
+    if not TRACE_ID.fullmatch(trace_id):
         return {}
     fields: dict[str, Any] = {TRACE_KEY: f"projects/{project_id}/traces/{trace_id}"}
     span, _, options = rest.partition(";")
-    if span.isdigit():
-        fields[SPAN_KEY] = f"{int(span):016x}"  # the header's span ID is decimal; Logging wants hex
+    if SPAN_ID.fullmatch(span) and 0 < int(span) < 2**64:
+        fields[SPAN_KEY] = f"{int(span):016x}"  # the header's span ID is decimal; Logging wants 16 hex digits
     if options:
         fields[SAMPLED_KEY] = options == "o=1"
     return fields
