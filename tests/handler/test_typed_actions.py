@@ -163,6 +163,19 @@ def test_a_typed_routes_idempotency_key_comes_from_its_header(typed: HandlerUnde
     assert too_long.json()["reason"] == f"header {IDEMPOTENCY_KEY_HEADER} must be 1-500 characters, got 501"
 
 
+def test_a_utf8_idempotency_key_header_counts_its_characters(typed: HandlerUnderTest, runs: list[Any]) -> None:
+    """Header bytes read as Latin-1 made "é" count twice: 300 of them read as 600 and the task was poison."""
+    body = {"shipmentId": "s-4", "weightGrams": 9}
+    key = ("é" * 300).encode()  # UTF-8 bytes on the wire
+
+    def send(task_name: str) -> Any:
+        return typed.client.post("/tasks/ship", content=json.dumps(body).encode(), headers={
+            **task_headers(task_name), "Content-Type": "application/json", IDEMPOTENCY_KEY_HEADER: key})
+
+    first, again = send("t-5"), send("t-6")
+    assert [r.json()["status"] for r in (first, again)] == ["done", "duplicate"] and len(runs) == 1
+
+
 def test_a_typed_tasks_final_failed_attempt_is_dead_lettered_with_its_route(build_handler: Any) -> None:
     registry = ActionRegistry()
 

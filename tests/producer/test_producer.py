@@ -106,6 +106,12 @@ BAD_INPUT: dict[str, tuple[dict[str, Any], str]] = {
     "payload of another type": ({"payload": datetime.date(2030, 1, 1)},
                                 "payload must be a mapping or an instance of OrderRequest, got date"),
     "idempotency key too long": ({"idempotency_key": "k" * 501}, "idempotency_key must be a string of 1-500"),
+    # The key travels in a header: HTTP drops its outer spaces, and only printable ASCII arrives as sent.
+    "idempotency key of spaces": ({"idempotency_key": "   "}, "must be printable ASCII"),
+    "idempotency key padded": ({"idempotency_key": " padded "}, "not starting or ending with a space"),
+    "idempotency key not ASCII": ({"idempotency_key": "é" * 300}, "must be printable ASCII"),
+    "idempotency key with a control character": ({"idempotency_key": "k\x01"}, "must be printable ASCII"),
+    "idempotency key with a newline": ({"idempotency_key": "k\r\nX-Evil: 1"}, "must be printable ASCII"),
     "payload over 1 MiB": ({"payload": {"orderId": "x" * 1_100_000}}, "a task holds at most"),
     "negative delay": ({"delay": -5}, "delay -5s is negative"),
     "beyond 30 days": ({"delay": 31 * 86400}, "more than 30 days ahead"),

@@ -14,6 +14,7 @@ delivery is refused the same way every time, so the handler treats it as poison.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -52,6 +53,9 @@ def _header_key(headers: Mapping[str, str]) -> str | None:
     key = headers.get(IDEMPOTENCY_KEY_HEADER.lower())
     if key is None:
         return None
+    # Starlette reads header bytes as Latin-1: a UTF-8 key ("é" * 300) read as twice its length and was refused.
+    with contextlib.suppress(UnicodeError):
+        key = key.encode("latin-1").decode("utf-8")
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise PayloadError(f"header {IDEMPOTENCY_KEY_HEADER} must be 1-{MAX_IDEMPOTENCY_KEY} characters, "
                            f"got {len(key)}")

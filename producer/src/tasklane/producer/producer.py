@@ -33,7 +33,13 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import (
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from tasklane.core.verification import VERIFY_ACTION
-from tasklane.core.wire import ACTION_NAME_PATTERN, IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY, TASKS_ROUTE
+from tasklane.core.wire import (
+    ACTION_NAME_PATTERN,
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY,
+    TASKS_ROUTE,
+)
 from tasklane.producer.config import ProducerConfig
 from tasklane.producer.registry import default_registry, load_registry
 from tasklane.producer.tracing import TRACEPARENT, current_traceparent
@@ -226,9 +232,14 @@ class TaskProducer:
         body = self._body(spec.payload, action)
         headers = {"Content-Type": "application/json", TRACEPARENT: current_traceparent()}
         if spec.idempotency_key is not None:
-            if not isinstance(spec.idempotency_key, str) or not 1 <= len(spec.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            key = spec.idempotency_key
+            if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
                 raise InvalidTask(f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY} characters, got "
-                                  f"{_show(spec.idempotency_key)}")
+                                  f"{_show(key)}")
+            if not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+                raise InvalidTask(f"idempotency_key {_show(key)} must be printable ASCII (letters, digits, "
+                                  "punctuation, inner spaces), not starting or ending with a space: it travels in "
+                                  "an HTTP header")
             headers[IDEMPOTENCY_KEY_HEADER] = spec.idempotency_key
 
         task: dict[str, Any] = {"http_request": self._http_request(TASKS_ROUTE + spec.action, headers, body)}
