@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from infra import limits
-from tasklane.handler.config import TokenCheck
+from tasklane.core.retry import RetryPolicy  # the one implementation of Cloud Tasks' backoff formula
+from tasklane.core.token_check import TokenCheck
 
 if TYPE_CHECKING:
     pass
@@ -217,8 +218,6 @@ class PipelineSettings:
     def retry_window_seconds(self) -> float:
         """The least time from a task's first attempt to Cloud Tasks giving it up, if every attempt fails at
         once: both limits must be spent, so it is the longer of the backoffs' sum and maxRetryDuration."""
-        from tasklane.emulator.retry import RetryPolicy  # the one implementation of Cloud Tasks' backoff formula
-
         if self.max_attempts == limits.UNLIMITED_ATTEMPTS:
             return math.inf
         policy = RetryPolicy(max_attempts=self.max_attempts, max_retry_duration=self.max_retry_duration_seconds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasklane.emulator.retry import RetryPolicy
+from tasklane.core.retry import RetryPolicy
 
 
 def policy(**overrides: float) -> RetryPolicy:

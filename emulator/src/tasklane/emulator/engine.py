@@ -22,9 +22,9 @@ from google.cloud.tasks_v2.types import queue as queue_types
 from google.protobuf import field_mask_pb2
 from google.rpc import code_pb2
 
+from tasklane.core.retry import policy_of
 from tasklane.emulator import errors
 from tasklane.emulator.clock import Clock
-from tasklane.emulator.retry import policy_of
 from tasklane.emulator.store import StorageError, Store, StoredAttempt, StoredTask
 from tasklane.emulator.validation import (
     MAX_TIMESTAMP_SECONDS,

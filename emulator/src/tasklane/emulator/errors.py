@@ -12,7 +12,6 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
-
 MAX_MESSAGE_BYTES = 1024
 """A message longer than this (UTF-8) is cut, with "…": some echo what the client sent (a task name of 6,000
 characters), and gRPC carries the message twice in its trailers (grpc-message, percent-encoded, and

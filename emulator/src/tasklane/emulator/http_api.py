@@ -23,7 +23,6 @@ from tasklane.emulator.rest_api import rest_routes
 from tasklane.emulator.rpc import CloudTasksApi
 from tasklane.emulator.tokens import TokenIssuer
 
-
 LATEST_CLOCK = 221_845_392_000.0
 """9000-01-01T00:00:00Z: the latest a manual clock can be moved to. Moved past year 9999, every CreateTask answered
 500 (its times no longer fit a Timestamp); this leaves room for schedule times, backoffs and tombstones ahead."""

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from tasklane.core import environment
+from tasklane.core.token_check import TokenCheck as TokenCheck  # where the handler's users import it from
 
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
@@ -25,16 +26,6 @@ DEFAULT_REQUEST_READ_TIMEOUT_SECONDS = 30.0
 MAX_TIMEOUT_SECONDS = 3600.0
 # Cloud Tasks' own default dispatch deadline for HTTP targets.
 DEFAULT_DISPATCH_DEADLINE_SECONDS = 600.0
-
-
-class TokenCheck(StrEnum):
-    OFF = "off"
-    """No check in the handler (local runs without an emulator; Cloud Run IAM still checks in the cloud)."""
-    CLAIMS = "claims"
-    """Check expiry, audience, issuer, email and email_verified; not the signature, which Cloud Run has
-    already verified at the edge and may replace with SIGNATURE_REMOVED_BY_GOOGLE."""
-    FULL = "full"
-    """Everything in CLAIMS plus the RS256 signature against the published keys."""
 
 
 class TraceExporter(StrEnum):

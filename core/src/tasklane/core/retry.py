@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 MOST_DOUBLINGS = 1000
 """Doublings counted, at most. maxDoublings has no upper limit, but 2.0 ** 1024 is past a float: the 1025th failure
 raised OverflowError and left its task in flight for good. Any min_backoff above zero (1 ns at least) doubled 1,000
