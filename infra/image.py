@@ -16,9 +16,6 @@ from infra.settings import PipelineSettings
 BUILD_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = Path("handler") / "Dockerfile"
 
-# Artifact Registry's username for logging in with an OAuth access token.
-ACCESS_TOKEN_USERNAME = "oauth2accesstoken"
-
 
 def create_repository(name: str, settings: PipelineSettings, opts: pulumi.ResourceOptions,
                       ) -> gcp.artifactregistry.Repository:
@@ -54,12 +51,13 @@ def build_handler_image(name: str, settings: PipelineSettings, repository: gcp.a
                         opts: pulumi.ResourceOptions, build_root: Path = BUILD_ROOT) -> docker_build.Image:
     """Build handler/Dockerfile for linux/amd64 and push it; the image's `ref` output carries the @sha256 digest.
 
-    The registry login is explicit (an access token from the deployer's Google credentials), so nothing
-    depends on ~/.docker/config.json. The context path is relative to the working directory so the
+    The push logs in through Docker's credential helper for the registry (`gcloud auth configure-docker
+    REGION-docker.pkg.dev`, README "Deploying"; the deploy workflow runs it), not through `registries`: every
+    input is kept in the stack's state, and an access token there could be decrypted by anyone who can preview
+    the stack, the read-only previewer included. The context path is relative to the working directory so the
     same checkout gives the same inputs on a laptop and a CI runner.
     """
-    registry_host = f"{settings.region}-docker.pkg.dev"
-    access_token = gcp.organizations.get_client_config_output().access_token
+    registry_host = registry_host_of(settings)
     tag = pulumi.Output.concat(registry_host, "/", settings.project, "/", repository.repository_id, "/handler:latest")
     return docker_build.Image(
         f"{name}-handler-image",
@@ -68,7 +66,10 @@ def build_handler_image(name: str, settings: PipelineSettings, repository: gcp.a
         platforms=[docker_build.Platform.LINUX_AMD64],
         push=True,
         tags=[tag],
-        registries=[docker_build.RegistryArgs(
-            address=registry_host, username=ACCESS_TOKEN_USERNAME, password=pulumi.Output.secret(access_token))],
         opts=opts,
     )
+
+
+def registry_host_of(settings: PipelineSettings) -> str:
+    """Artifact Registry's Docker host for the stack's region, the one Docker needs credentials for."""
+    return f"{settings.region}-docker.pkg.dev"
