@@ -18,7 +18,6 @@ from tests.infra.harness import (
     Registration,
     StackSnapshot,
     build_stack,
-    is_secret,
     reveal,
     stack_config,
     stack_file_config,
