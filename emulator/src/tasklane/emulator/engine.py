@@ -25,10 +25,13 @@ from google.rpc import code_pb2
 from tasklane.core.retry import policy_of
 from tasklane.emulator import errors
 from tasklane.emulator.clock import Clock
+from tasklane.emulator.queue_target import HttpRequestParts, apply_http_target
 from tasklane.emulator.store import StorageError, Store, StoredAttempt, StoredTask
 from tasklane.emulator.validation import (
+    BODY_METHODS,
     MAX_TIMESTAMP_SECONDS,
     METHOD_NAMES,
+    RESERVED_HEADER,
     Queue,
     Task,
     apply_queue_defaults,
@@ -529,14 +532,20 @@ class Engine:
         oauth = request.oauth_token if kind == "http_request" and request.HasField("oauth_token") else None
         queue_id = state.queue.rsplit("/", 1)[1]
         deadline = task.dispatch_deadline
-        return Attempt(
-            task_name=state.name, queue_id=queue_id, task_id=state.name.rsplit("/", 1)[1], kind=kind,
+        parts = HttpRequestParts(
             method=METHOD_NAMES[request.http_method],  # CreateTask accepts no other
             url=request.url if kind == "http_request" else request.relative_uri or "/",
             headers=dict(request.headers), body=bytes(request.body),
             oidc_email=oidc.service_account_email if oidc else None,
             oidc_audience=(oidc.audience or request.url) if oidc else None,
-            oauth_email=oauth.service_account_email if oauth else None,
+            oauth_email=oauth.service_account_email if oauth else None)
+        queue = self.queues.get(state.queue)
+        if kind == "http_request" and queue is not None and queue.queue.HasField("http_target"):
+            parts = apply_http_target(queue.queue.http_target, parts, METHOD_NAMES, BODY_METHODS, RESERVED_HEADER)
+        return Attempt(
+            task_name=state.name, queue_id=queue_id, task_id=state.name.rsplit("/", 1)[1], kind=kind,
+            method=parts.method, url=parts.url, headers=parts.headers, body=parts.body, oidc_email=parts.oidc_email,
+            oidc_audience=parts.oidc_audience, oauth_email=parts.oauth_email,
             deadline=(deadline.seconds + deadline.nanos / 1e9) or 600.0,
             retry_count=retry_count, execution_count=state.execution_count,
             eta=scheduled / 1_000_000,

@@ -22,6 +22,7 @@ from google.cloud.tasks_v2.types import target as target_types
 from google.cloud.tasks_v2.types import task as task_types
 
 from tasklane.emulator import errors
+from tasklane.emulator.queue_target import check_http_target
 
 Queue = queue_types.Queue.pb()
 Task = task_types.Task.pb()
@@ -167,6 +168,7 @@ def validate_queue_config(queue: Any) -> None:
         raise errors.invalid("RetryConfig.minBackoff must be less than or equal to RetryConfig.maxBackoff.")
     overrides = {override.header.key: override.header.value for override in queue.http_target.header_overrides}
     _task_headers(overrides, "HttpTarget.headerOverrides")  # the same rules as a task's own headers
+    check_http_target(queue.http_target, METHOD_NAMES)
     ratio = queue.stackdriver_logging_config.sampling_ratio
     if not 0.0 <= ratio <= 1.0:  # NaN fails too
         raise errors.invalid("StackdriverLoggingConfig.samplingRatio must be between 0.0 and 1.0, "
