@@ -400,3 +400,43 @@ def test_oidc_tokens_verify_against_the_emulators_published_keys(
     assert claims["exp"] - claims["iat"] == 3600 and claims["iat"] == int(clock.now())
     assert claims["sub"].isdigit() and claims["sub"] == claims["azp"]
     assert verify(second, url_only)["aud"] == url_only, "without an audience the URL is the audience (§8.1)"
+
+
+# -- A name used again while its first owner's attempt still runs --------------------------------------------------
+
+def test_a_queue_created_again_under_its_name_starts_with_nothing_in_flight(
+        make_emulator: Any, target: Target, clock: ManualClock) -> None:
+    """With queue names not reserved after deletion, the old queue's hanging attempt held the new queue's only
+    slot: its task waited for an attempt of a queue that no longer exists (up to the 30-minute deadline)."""
+    from tests.emulator.conftest import client_for
+
+    client = client_for(make_emulator(queue_tombstone_seconds=0))
+    old_url, new_url = target.answer("/old", ("hang", 3)), target.answer("/new", 200)
+    queue = make_queue(client, "again", rate_limits={"max_concurrent_dispatches": 1})
+    client.create_task(parent=queue.name, task={"http_request": {"url": old_url}})
+    wait_for(lambda: target.on("/old"), message="the old queue's attempt to start")
+    client.delete_queue(name=queue.name)
+    queue = make_queue(client, "again", rate_limits={"max_concurrent_dispatches": 1})
+    client.create_task(parent=queue.name, task={"http_request": {"url": new_url}})
+    wait_for(lambda: target.on("/new"), timeout=2, message="the new queue's task while the old attempt hangs")
+
+
+def test_an_attempt_of_a_deleted_task_does_not_settle_a_new_task_of_that_name(
+        make_emulator: Any, target: Target, clock: ManualClock) -> None:
+    """With task names not reserved after deletion, the old attempt's answer settled the new task of that name: its
+    200 removed the new task as succeeded while the new task's own attempt was still running."""
+    from tests.emulator.conftest import client_for
+
+    client = client_for(make_emulator(task_tombstone_seconds=0))
+    old_url, new_url = target.answer("/first", ("hang", 1)), target.answer("/second", ("hang", 3))
+    queue = fast_queue(client, "names")
+    name = f"{queue.name}/tasks/reused"
+    client.create_task(parent=queue.name, task={"name": name, "http_request": {"url": old_url}})
+    wait_for(lambda: target.on("/first"), message="the first task's attempt to start")
+    client.delete_task(name=name)
+    client.create_task(parent=queue.name, task={"name": name, "http_request": {"url": new_url}})
+    wait_for(lambda: target.on("/second"), message="the new task's attempt to start")
+    time.sleep(1.5)  # the first task's attempt has answered 200 by now; the new one's has not
+    still = task_at(client, name)
+    assert still.http_request.url == new_url and still.dispatch_count == 1
+    wait_for(lambda: task_gone(client, name), message="the new task to succeed on its own answer")

@@ -128,6 +128,9 @@ class TokenBucket:
 @dataclass
 class QueueRuntime:
     bucket: TokenBucket
+    queue: QueueState
+    """The queue it counts for: a queue deleted and created again under its name starts afresh, with nothing in
+    flight (its predecessor's attempts still running count against no one)."""
     in_flight: int = 0
     limit: int = 0
     """max_concurrent_dispatches, as of the last pass."""
@@ -243,6 +246,8 @@ class Dispatcher:
         while self.attempts and self.attempts[0].outcome != "in_flight" and \
                 (self.attempts[0].finished or self.attempts[0].started) < before:
             self.attempts.popleft()
+        for name in [name for name in self.runtimes if name not in self.engine.queues]:  # deleted queues'
+            del self.runtimes[name]
         below = self.attempts[0].seq if self.attempts else self._next_seq
         if below > self._history_pruned_below:
             self.engine.forget_history(below)
@@ -252,9 +257,9 @@ class Dispatcher:
     def _runtime(self, queue: QueueState) -> QueueRuntime:
         limits = queue.queue.rate_limits
         runtime = self.runtimes.get(queue.name)
-        if runtime is None:
+        if runtime is None or runtime.queue is not queue:
             runtime = QueueRuntime(TokenBucket(limits.max_dispatches_per_second, limits.max_burst_size,
-                                               self.clock.now()))
+                                               self.clock.now()), queue)
             self.runtimes[queue.name] = runtime
         elif runtime.bucket.rate != limits.max_dispatches_per_second:
             runtime.bucket.configure(limits.max_dispatches_per_second, limits.max_burst_size)

@@ -151,6 +151,9 @@ class Attempt:
     started: float
     forced: bool
     """Started by RunTask: a failure reschedules from when RunTask was called (§10.5)."""
+    task_state: TaskState = field(repr=False, compare=False)
+    """The task this attempt is for. Its outcome applies to that task only: not to one created since under the same
+    name (possible once a deleted task's or queue's name is no longer reserved), which would be lost with it."""
 
 
 class AttemptHistory(Protocol):
@@ -549,7 +552,8 @@ class Engine:
             deadline=(deadline.seconds + deadline.nanos / 1e9) or 600.0,
             retry_count=retry_count, execution_count=state.execution_count,
             eta=scheduled / 1_000_000,
-            previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced)
+            previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced,
+            task_state=state)
 
     def persist(self, states: list[TaskState], history: Sequence[AttemptHistory] | None = None) -> None:
         """With a state file, save attempts that are starting, their records in the history, and every outcome
@@ -590,7 +594,7 @@ class Engine:
 
     def _outcome(self, attempt: Attempt, status: int, retry_after: float | None, answered: bool) -> str:
         state = self.tasks.get(attempt.task_name)
-        if state is None or not state.in_flight:
+        if state is None or state is not attempt.task_state or not state.in_flight:
             return "gone"
         now = self.clock.now()
         task = state.task
