@@ -116,8 +116,9 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The Google API form of a duration: "0.1s", "600s"."""
-    return f"{seconds:.9g}s"
+    """The Google API form of a duration: "0.1s", "600s"; fixed-point to the nanosecond, never an exponent
+    ("1e-05s" and "1e+09s" are not durations the API reads)."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
 def memory_mib(text: str) -> int:

@@ -199,3 +199,10 @@ def test_a_stack_that_gives_up_sooner_is_warned_with_the_keys_to_change() -> Non
     # Either limit long enough is enough: both must be spent before a task is given up.
     assert retry_window_warning(dataclasses.replace(settings, max_retry_duration_seconds=900)) is None
     assert retry_window_warning(dataclasses.replace(settings, max_attempts=-1)) is None
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (600, "600s"), (0.1, "0.1s"), (0, "0s"), (0.00001, "0.00001s"), (1e9, "1000000000s"), (1.44e9, "1440000000s"),
+    (0.123456789, "0.123456789s"), (1800.5, "1800.5s")])
+def test_durations_are_written_in_fixed_point_as_the_api_reads_them(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
