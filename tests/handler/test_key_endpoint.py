@@ -7,6 +7,7 @@ with whatever bytes the test chooses, read by the handler's own fetcher (urllib)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -23,9 +24,16 @@ from starlette.testclient import TestClient
 
 from handler.service import create_service_app
 from tasklane.core.logs import StructuredLog
-from tasklane.handler.auth import MAX_KEYS_BYTES, TokenVerifier
+from tasklane.handler.auth import MAX_KEYS_BYTES, AuthError, TokenVerifier
 from tasklane.handler.config import TokenCheck
-from tests.handler.conftest import RecordedLog, RecordingSink, SigningKey, make_config, task_headers
+from tests.handler.conftest import (
+    RecordedLog,
+    RecordingSink,
+    SigningKey,
+    make_config,
+    new_signing_key,
+    task_headers,
+)
 
 ORDER = b'{"orderId": "o-1", "action": "update_inventory"}'
 MAX_ATTEMPTS = 3
@@ -188,3 +196,44 @@ def test_whatever_garbage_the_key_endpoint_answers_the_handler_answers_503(
     key_server.http(body, status=status)
     response = send(client_for(key_server), signing_key)
     assert response.status_code == 503, response.text
+
+
+def test_requests_waiting_for_a_failing_key_fetch_share_its_answer(signing_key: SigningKey) -> None:
+    """With no keys held, each request waiting for the fetch used to fetch again in turn when it failed: the k-th
+    of k concurrent requests answered after k fetch timeouts (80 of them at 10 s, past the dispatch deadline)."""
+    fetches: list[float] = []
+
+    def failing(url: str) -> tuple[dict[str, str], float]:
+        fetches.append(time.monotonic())
+        time.sleep(0.3)
+        raise OSError("connection refused")
+
+    verifier = TokenVerifier(make_config(token_check=TokenCheck.FULL), fetch=failing, refetch_interval=0)
+
+    async def concurrently() -> list[BaseException | dict[str, Any]]:
+        header = f"Bearer {signing_key.token()}"
+        return await asyncio.gather(*(verifier.verify(header) for _ in range(10)), return_exceptions=True)
+
+    answers = asyncio.run(concurrently())
+    assert len(fetches) == 1, "one fetch answered every request waiting for it"
+    assert all(isinstance(a, AuthError) and a.status == 503 and "connection refused" in a.reason for a in answers)
+
+
+def test_a_new_signing_key_while_the_endpoint_is_down_is_retried_not_refused(signing_key: SigningKey) -> None:
+    """A key published after the endpoint went down could be the invoker's new one: 503 (retried, dead-lettered on
+    the final attempt), not the 401 for a key that is not published, which is never dead-lettered."""
+    rotated = new_signing_key("key-2")
+    answers: list[Any] = [({signing_key.kid: signing_key.public_pem}, 3600.0), OSError("timed out")]
+
+    def fetch(url: str) -> tuple[dict[str, str], float]:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    verifier = TokenVerifier(make_config(token_check=TokenCheck.FULL), fetch=fetch, refetch_interval=0)
+    assert asyncio.run(verifier.verify(f"Bearer {signing_key.token()}"))["email"]
+    with pytest.raises(AuthError) as refused:
+        asyncio.run(verifier.verify(f"Bearer {rotated.token()}"))
+    assert refused.value.status == 503 and "'key-2' is not among the keys held" in refused.value.reason
+    assert asyncio.run(verifier.verify(f"Bearer {signing_key.token()}"))["email"], "the held key still verifies"

@@ -102,6 +102,10 @@ class TokenVerifier:
         self._keys_expire_at = 0.0
         self._last_fetch = -float("inf")
         self._fetching: asyncio.Lock | None = None
+        self._fetches = 0
+        """Fetches finished, each way: a request that waited for another's sees whether it ended meanwhile."""
+        self._fetch_error: str | None = None
+        """Why the latest fetch failed; None after one that worked."""
         self._verified: dict[str, Any] = {}
         """token -> the key verifier that accepted its signature (keys refetched: new verifiers, so re-checked)."""
 
@@ -162,27 +166,38 @@ class TokenVerifier:
                                            and now - self._last_fetch >= self._refetch_interval):
             await self._refresh_keys()
         verifier = self._verifiers.get(kid)
+        if verifier is None and self._fetch_error is not None:
+            # Perhaps a key published since the endpoint went down: a genuine task, probably, retried (503).
+            raise AuthError(503, f"token signing key {kid!r} is not among the keys held, and they could not be "
+                                 f"refreshed: {self._fetch_error}")
         if verifier is None:
             raise AuthError(401, f"token signing key {kid!r} is not published")
         return verifier
 
     async def _refresh_keys(self) -> None:
         self._fetching = self._fetching or asyncio.Lock()
-        last_fetch = self._last_fetch
+        fetches = self._fetches
         async with self._fetching:
-            if self._last_fetch != last_fetch:
-                return  # another request refreshed the keys while this one waited
+            if self._fetches != fetches:
+                # Another request fetched while this one waited: its result stands for this one too. (Each waiter
+                # fetching again in turn made the k-th of k waiters answer only after k fetch timeouts.)
+                if self._fetch_error is not None and not self._verifiers:
+                    raise AuthError(503, f"could not fetch token signing keys: {self._fetch_error}")
+                return
             try:
                 verifiers, max_age = await asyncio.wait_for(asyncio.to_thread(self._load_keys),
                                                             KEYS_FETCH_TIMEOUT_SECONDS)
             except Exception as error:  # noqa: BLE001 - whatever the endpoint did, keys cannot be had now
+                self._fetches += 1
+                self._fetch_error = str(error) or type(error).__name__
                 if self._verifiers:
                     # Keep verifying with the keys we have, and back off before trying again.
                     self._last_fetch = self._clock()
                     self._keys_expire_at = self._last_fetch + self._refetch_interval
                     return
-                detail = str(error) or type(error).__name__
-                raise AuthError(503, f"could not fetch token signing keys: {detail}") from error
+                raise AuthError(503, f"could not fetch token signing keys: {self._fetch_error}") from error
+            self._fetches += 1
+            self._fetch_error = None
             self._verifiers = verifiers
             self._last_fetch = self._clock()
             self._keys_expire_at = self._last_fetch + max_age
