@@ -15,12 +15,18 @@ from typing import Any
 SERVICE = "gcp:cloudrunv2/service:Service"
 SERVICE_IAM_TYPES = ("gcp:cloudrunv2/serviceIamMember:ServiceIamMember",
                      "gcp:cloudrunv2/serviceIamBinding:ServiceIamBinding",
-                     "gcp:cloudrunv2/serviceIamPolicy:ServiceIamPolicy")
+                     "gcp:cloudrunv2/serviceIamPolicy:ServiceIamPolicy",
+                     # The v1 resources grant on the same service.
+                     "gcp:cloudrun/iamMember:IamMember", "gcp:cloudrun/iamBinding:IamBinding",
+                     "gcp:cloudrun/iamPolicy:IamPolicy")
+IAM_TYPE = re.compile(r"^gcp:[^:]+/[^:]*iam(member|binding|policy):", re.I)
+"""Any IAM grant pulumi-gcp has: projectIamMember, queueIamBinding, serviceaccount/iAMMember, bucketIAMPolicy, ..."""
 QUEUE = "gcp:cloudtasks/queue:Queue"
 DATABASE = "gcp:firestore/database:Database"
 ALERT_POLICY = "gcp:monitoring/alertPolicy:AlertPolicy"
 PUBLIC = ("allUsers", "allAuthenticatedUsers")
-DEFAULT_COMPUTE_ACCOUNT = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
+DEFAULT_COMPUTE_ACCOUNT = re.compile(r"^(\d+-compute@developer|[a-z][a-z0-9.:-]*@appspot)\.gserviceaccount\.com$")
+"""The default compute account, and App Engine's default account, which also holds Editor by default."""
 CLOUD_RUN_DEFAULT_TIMEOUT = 300.0
 DEADLINE_VARIABLE = "TASKLANE_TASK_DISPATCH_DEADLINE"
 
@@ -48,11 +54,25 @@ def no_public_invoker(resource_type: str, props: Props, stack: str) -> list[str]
     if resource_type == SERVICE and props.get("invokerIamDisabled") is True:
         return ["the Cloud Run service has its invoker IAM check disabled: anyone could call it"]
     if resource_type in SERVICE_IAM_TYPES:
-        principals = [props.get("member")] + list(props.get("members") or []) + [str(props.get("policyData") or "")]
-        public = sorted({p for p in PUBLIC for principal in principals if principal and p in str(principal)})
+        public = sorted({p for p in PUBLIC for principal in _principals(props) if p in principal})
         if public:
             return [f"{' and '.join(public)} may invoke the Cloud Run service; grant roles/run.invoker to the "
                     "invoker service account only"]
+    return []
+
+
+def _principals(props: Props) -> list[str]:
+    return [str(p) for p in [props.get("member"), *(props.get("members") or []), props.get("policyData")] if p]
+
+
+def no_public_grant(resource_type: str, props: Props, stack: str) -> list[str]:
+    """Any IAM grant to everyone: actAs on the invoker account, enqueuer on the queue, a bucket, a project."""
+    if resource_type in SERVICE_IAM_TYPES or not IAM_TYPE.match(resource_type):
+        return []  # the service's own grants are no-public-invoker's, with its own message
+    public = sorted({p for p in PUBLIC for principal in _principals(props) if p in principal})
+    if public:
+        return [f"{' and '.join(public)} granted {props.get('role') or 'a role'} on {resource_type.split(':')[1]}: "
+                "nothing in the pipeline is public; grant named identities only"]
     return []
 
 
@@ -117,6 +137,8 @@ def prod_deletion_protection(resource_type: str, props: Props, stack: str) -> li
 
 RULES = (
     Rule("no-public-invoker", "Nobody outside the invoker account may call the Cloud Run service.", no_public_invoker),
+    Rule("no-public-grant", "No IAM grant anywhere in the stack is to allUsers or allAuthenticatedUsers.",
+         no_public_grant),
     Rule("no-default-compute-account", "The service runs as its own account, not the default compute account.",
          no_default_compute_account),
     Rule("image-pinned-by-digest", "The service's image is pinned by @sha256 digest.", image_pinned_by_digest),

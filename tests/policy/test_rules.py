@@ -65,6 +65,9 @@ UNSAFE: dict[str, tuple[str, Callable[[dict[str, Any]], None], str, str]] = {
     "allUsers invoker": (SERVICE_IAM, set_path("member", "allUsers"), "no-public-invoker", "allUsers may invoke"),
     "allAuthenticatedUsers invoker": (SERVICE_IAM, set_path("member", "allAuthenticatedUsers"), "no-public-invoker",
                                       "allAuthenticatedUsers may invoke"),
+    "App Engine default account": (SERVICE, set_path("template", "serviceAccount",
+                                                     "my-project@appspot.gserviceaccount.com"),
+                                   "no-default-compute-account", "runs as the default compute account"),
     "no service account": (SERVICE, set_path("template", "serviceAccount", DELETE), "no-default-compute-account",
                            "runs as the default compute account (which holds Editor)"),
     "default compute account": (SERVICE, set_path("template", "serviceAccount",
@@ -87,6 +90,33 @@ def test_each_unsafe_resource_is_caught_with_a_message(kind: str, change: Callab
     found = altered(kind, change)
     assert [name for name, _ in found] == [rule]
     assert message in found[0][1]
+
+
+@pytest.mark.parametrize(("kind", "props"), [
+    ("gcp:cloudrun/iamMember:IamMember", {"role": "roles/run.invoker", "member": "allUsers"}),
+    ("gcp:cloudrun/iamBinding:IamBinding", {"role": "roles/run.invoker", "members": ["allUsers"]}),
+    ("gcp:cloudrun/iamPolicy:IamPolicy", {"policyData": '{"bindings": [{"members": ["allUsers"]}]}'}),
+])
+def test_a_public_invoker_through_the_v1_resources_is_caught(kind: str, props: dict[str, Any]) -> None:
+    assert [name for name, _ in violations(kind, props, "dev")] == ["no-public-invoker"]
+
+
+@pytest.mark.parametrize(("kind", "props"), [
+    ("gcp:cloudtasks/queueIamMember:QueueIamMember", {"role": "roles/cloudtasks.enqueuer",
+                                                      "member": "allAuthenticatedUsers"}),
+    ("gcp:serviceaccount/iAMMember:IAMMember", {"role": "roles/iam.serviceAccountUser",
+                                                "member": "allAuthenticatedUsers"}),
+    ("gcp:projects/iAMBinding:IAMBinding", {"role": "roles/viewer", "members": ["user:a@example.com", "allUsers"]}),
+    ("gcp:storage/bucketIAMPolicy:BucketIAMPolicy", {"policyData": '{"bindings": [{"members": ["allUsers"]}]}'}),
+])
+def test_a_public_grant_on_anything_else_is_caught(kind: str, props: dict[str, Any]) -> None:
+    [(name, message)] = violations(kind, props, "dev")
+    assert name == "no-public-grant" and "nothing in the pipeline is public" in message
+
+
+def test_grants_to_named_identities_pass() -> None:
+    assert violations("gcp:cloudtasks/queueIamMember:QueueIamMember", {
+        "role": "roles/cloudtasks.enqueuer", "member": "serviceAccount:api@p.iam.gserviceaccount.com"}, "dev") == []
 
 
 def test_a_queue_with_unbounded_attempts_is_caught() -> None:
