@@ -239,6 +239,17 @@ def test_a_final_attempt_meeting_a_held_key_is_dead_lettered(build_handler: Call
     assert json.loads(letter.body) == body and runs == []
 
 
+@pytest.mark.parametrize("retry_after", [float("inf"), float("nan"), -float("inf")])
+def test_a_retry_after_that_is_not_a_number_is_left_out(build_handler: Callable[..., HandlerUnderTest],
+                                                        retry_after: float) -> None:
+    def fail(run: int) -> None:
+        raise RetryableError("busy", retry_after=retry_after)
+
+    actions, _ = recording_actions(fail)
+    answer = post(build_handler(actions=actions), {"orderId": "o", "action": "work"}, task_headers("t-ra"))
+    assert (answer.status_code, answer.json()["status"]) == (503, "retry") and "Retry-After" not in answer.headers
+
+
 def test_a_duplicate_delivery_does_not_run_the_action_again(build_handler: Callable[..., HandlerUnderTest]) -> None:
     actions, runs = recording_actions(lambda run: None)
     handler = build_handler(actions=actions)

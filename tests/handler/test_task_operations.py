@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from google.rpc import code_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -132,6 +133,16 @@ def test_whatever_is_pushed_is_answered_and_nothing_unreadable_is_retried_foreve
         assert answer.json()["status"] == "unreadable"
         [entry] = [e for e in handler.log.entries if e.get("event") == "unreadable_task_operation"]
         assert base64.b64decode(entry["push_base64"]) == raw, "kept whole for an operator"
+
+
+@pytest.mark.parametrize("where", ["body", "data"])
+def test_a_push_nested_past_the_parser_is_unreadable_not_a_500(build_handler: Callable[..., HandlerUnderTest],
+                                                               where: str) -> None:
+    """JSON nested deeper than the parser goes raised RecursionError: a 500, which Pub/Sub pushes again forever."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    raw = deep if where == "body" else json.dumps({"message": {"data": base64.b64encode(deep).decode()}}).encode()
+    answer = build_handler().client.post("/task-operations", content=raw)
+    assert (answer.status_code, answer.json()["status"]) == (200, "unreadable")
 
 
 def test_the_parser_reads_what_the_emulator_writes_for_every_kind_of_failure() -> None:

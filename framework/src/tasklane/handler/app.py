@@ -181,7 +181,8 @@ class TaskHandler:
         except RetryableError as failure:
             await self._release(key)
             self.log.emit("WARNING", f"{name} failed transiently: {failure}", task=task, trace_header=trace)
-            retry_after = {} if failure.retry_after is None else {
+            # A Retry-After of whole seconds; one that is not a finite number (inf, NaN) is left out, not a crash.
+            retry_after = {} if failure.retry_after is None or not math.isfinite(failure.retry_after) else {
                 "Retry-After": str(max(0, math.ceil(failure.retry_after)))}
             return await self._fail(request, task, body, 503, {"status": "retry", "reason": str(failure)},
                                     retry_after, f"{name} failed transiently: {failure}")

@@ -42,7 +42,7 @@ def give_up_of(push: Any) -> DeadLetter | None:
         raise UnreadableRecord("the push has no message")
     try:
         entry = json.loads(base64.b64decode(push["message"].get("data") or "", validate=True))
-    except (binascii.Error, ValueError, TypeError) as error:
+    except (binascii.Error, ValueError, TypeError, RecursionError) as error:
         raise UnreadableRecord(f"the message data is not a base64 JSON log entry: {error}") from None
     payload = entry.get("jsonPayload") if isinstance(entry, dict) else None
     if not isinstance(payload, dict) or payload.get("@type") != ACTIVITY_LOG_TYPE:
@@ -102,7 +102,7 @@ class TaskOperationsRoute:
             if len(raw) > MAX_PUSH_BYTES:
                 raise UnreadableRecord(f"the push is {len(raw)} bytes; a log entry is at most {MAX_PUSH_BYTES}")
             letter = give_up_of(json.loads(raw))
-        except (UnreadableRecord, ValueError) as error:
+        except (UnreadableRecord, ValueError, RecursionError) as error:  # nested past the parser: unreadable too
             # Pushing it again cannot help: acknowledge, and keep it whole where an operator will see it.
             self.log.emit("ERROR", f"unreadable task-operation push: {error}", event="unreadable_task_operation",
                           push_base64=base64.b64encode(raw[:MAX_PUSH_BYTES]).decode())
