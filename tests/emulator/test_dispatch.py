@@ -140,6 +140,18 @@ def test_503_and_429_honour_retry_after_and_other_failures_do_not(
     assert delays == {503: 120, 429: 120, 500: 1}
 
 
+def test_a_retry_after_past_30_days_or_not_a_number_does_not_park_the_task(
+        client: tasks_v2.CloudTasksClient, target: Target, clock: ManualClock) -> None:
+    """"1e400" and "inf" read as infinity: the task was rescheduled for year 9999, never to run again."""
+    queue = fast_queue(client)
+    delays = {}
+    for index, value in enumerate(("1e400", "inf", "nan", "-5", "9999999999")):
+        url = target.answer(f"/ra{index}", (503, {"Retry-After": value}))
+        name = client.create_task(parent=queue.name, task={"http_request": {"url": url}}).name
+        delays[value] = round(wait_attempts(client, name, 1).schedule_time.timestamp() - clock.now())
+    assert delays == {"1e400": 1, "inf": 1, "nan": 1, "-5": 1, "9999999999": 30 * 86400}
+
+
 def test_no_answer_before_the_deadline_is_a_failed_attempt_reported_as_504(
         client: tasks_v2.CloudTasksClient, target: Target, clock: ManualClock) -> None:
     url = target.answer("/slow", ("hang", 1.5), 200)

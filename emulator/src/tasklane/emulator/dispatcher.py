@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -481,11 +482,18 @@ class Dispatcher:
                     body[:RESPONSE_BYTES_KEPT].decode("utf-8", errors="replace"))
 
 
+MAX_RETRY_AFTER_SECONDS = 30 * 86400.0
+"""The longest Retry-After honoured (the rest is ignored): how Cloud Tasks weighs the header is undocumented (§1.9),
+and a task can be scheduled at most 30 days ahead (§4.3). Before, "1e400" or "inf" parked a task at year 9999."""
+
+
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds; the HTTP-date form is not used by handlers here and is ignored."""
+    """Retry-After in seconds, up to MAX_RETRY_AFTER_SECONDS; the HTTP-date form is not used by handlers here and is
+    ignored, as is anything that is not a finite number."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else None
