@@ -194,12 +194,28 @@ def test_json_that_fits_no_field_is_refused_naming_it(shared_emulator: EmulatorS
     ("GET", f"/v2/{PARENT}/queues?pageSise=3", None,
      "Invalid JSON payload received. Unknown name \"pageSise\": Cannot bind query parameter."),
     ("POST", f"/v2/{QUEUE}:pause?name=x", b"{}", "Invalid JSON payload received. Unknown name \"name\""),
+    # json.loads kept the last of a field named twice; protobuf's JSON parser refuses it.
+    ("POST", f"/v2/{PARENT}/queues", b'{"name": "a", "name": "b"}', 'Invalid JSON payload received. Duplicate field '
+                                                                    '"name"'),
+    ("POST", f"/v2/{QUEUE}/tasks", b'{"task": {"httpRequest": {"url": "https://a.example/", "url": "x"}}}',
+     'Invalid JSON payload received. Duplicate field "url"'),
 ])
 def test_malformed_requests_are_invalid_arguments(shared_emulator: EmulatorServer, method: str, path: str,
                                                   body: bytes | None, start: str) -> None:
     status, _, text = call(shared_emulator, method, path, body)
     answer = json.loads(text)["error"]
     assert (status, answer["status"]) == (400, "INVALID_ARGUMENT") and answer["message"].startswith(start)
+
+
+def test_a_domain_scoped_project_id_may_hold_an_unescaped_colon(shared_emulator: EmulatorServer) -> None:
+    """PROJECT_ID may be "example.com:my-project" (§4.1) and ":" is legal in a path; only the last segment's ":"
+    starts a custom verb. Sent unescaped it was the HTML 404; escaped (%3A) it worked."""
+    parent = "projects/example.com:my-project/locations/us-central1"
+    status, created = json_call(shared_emulator, "POST", f"/v2/{parent}/queues", {"name": f"{parent}/queues/dq"})
+    assert status == 200 and created["name"] == f"{parent}/queues/dq"
+    assert json_call(shared_emulator, "GET", f"/v2/{parent}/queues/dq")[0] == 200
+    status, paused = json_call(shared_emulator, "POST", f"/v2/{parent}/queues/dq:pause", {})
+    assert (status, paused["state"]) == (200, "PAUSED")
 
 
 @pytest.mark.parametrize(("method", "path"), [

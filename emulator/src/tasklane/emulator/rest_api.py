@@ -59,7 +59,11 @@ def compile_route(rpc: Rpc) -> RestRoute:
     template = rpc.http.template
     for number, variable in enumerate(re.finditer(r"\{([\w.]+)=([^}]+)\}", template)):
         pattern += re.escape(template[position:variable.start()])
-        segments = ("[^/:]+" if segment == "*" else re.escape(segment) for segment in variable.group(2).split("/"))
+        parts = variable.group(2).split("/")
+        # A segment is anything but "/"; the last may not hold ":" either, which starts a custom verb (":pause"). The
+        # others may: a domain-scoped project ID is "example.com:my-project", and clients send ":" unescaped.
+        segments = ((("[^/:]+" if index == len(parts) - 1 else "[^/]+") if segment == "*" else re.escape(segment))
+                    for index, segment in enumerate(parts))
         pattern += f"(?P<v{number}>{'/'.join(segments)})"
         variables[f"v{number}"] = variable.group(1)
         position = variable.end()
@@ -120,7 +124,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body, parse_constant=_no_constant)
+        value = json.loads(body, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
         reason = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
         raise bad_request(f"Invalid JSON payload received. {reason}.") from None  # inferred past the first sentence
@@ -131,6 +135,16 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"Unexpected token {name}")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object naming a field twice is refused, as protobuf's JSON parser does (json.loads kept the last)."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise ValueError(f'Duplicate field "{key}"')  # inferred
+        value[key] = item
+    return value
 
 
 def _merge_json(value: dict[str, Any], target: Message, path: str) -> None:
