@@ -429,3 +429,25 @@ def test_moving_the_clock_with_invalid_json_is_400(make_emulator: Callable[..., 
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(request, timeout=10)  # noqa: S310 - loopback emulator
     assert raised.value.code == 400 and clock.now() == before
+
+
+def test_tasks_deleted_or_purged_before_their_time_leave_no_entry_behind(
+        make_emulator: Callable[..., EmulatorServer], clock: ManualClock) -> None:
+    """Each task scheduled a day ahead and then deleted left its entry in the queue's schedule heap until that day:
+    memory grew with every such task, bounded only by the 30-day horizon."""
+    emulator = make_emulator()
+    client = client_for(emulator)
+    queue = make_queue(client, "ahead")
+    ahead = {"seconds": int(clock.now()) + 86400}
+    kept = client.create_task(parent=queue.name, task={"schedule_time": {"seconds": int(clock.now()) + 3600},
+                                                       "http_request": {"url": "http://127.0.0.1:9/x"}})
+    for _ in range(300):
+        made = client.create_task(parent=queue.name, task={"schedule_time": ahead,
+                                                           "http_request": {"url": "http://127.0.0.1:9/x"}})
+        client.delete_task(name=made.name)
+    assert emulator.engine is not None
+    engine = emulator.engine
+    assert emulator.call(lambda: (engine.prune(), len(engine.queues[queue.name].due))[1]) == 1
+    assert client.get_task(name=kept.name).name == kept.name
+    clock.advance(3601)
+    wait_for(lambda: client.get_task(name=kept.name).dispatch_count == 1, message="the kept task still dispatched")

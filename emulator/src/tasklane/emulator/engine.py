@@ -290,6 +290,9 @@ class Engine:
                 del tombstones[name]
             expired += len(gone)
         self.store.prune_tombstones(now)
+        for queue in self.queues.values():
+            if len(queue.due) > 2 * len(queue.tasks) + 64:
+                self._compact_due(queue)
         self._removed += expired
         if self._removed > 1000 and self._removed > len(self.tasks) + len(self._task_tombstones):
             # Python's dicts and sets keep their peak size; copies are sized to what is left.
@@ -485,13 +488,25 @@ class Engine:
         """The earliest task of `queue` waiting for an attempt, with its schedule time in µs."""
         while queue.due:
             micros, _, name = queue.due[0]
-            state = self.tasks.get(name)
-            if state is None or state.in_flight or state.queue != queue.name or \
-                    _micros(state.task.schedule_time) != micros:
+            state = self._waiting(queue, micros, name)
+            if state is None:
                 heapq.heappop(queue.due)  # stale: done, deleted, running or rescheduled
                 continue
             return micros, state
         return None
+
+    def _waiting(self, queue: QueueState, micros: int, name: str) -> TaskState | None:
+        """The task a `due` entry stands for, if it still waits at that time; None for a stale entry."""
+        state = self.tasks.get(name)
+        if state is None or state.in_flight or state.queue != queue.name or _micros(state.task.schedule_time) != micros:
+            return None
+        return state
+
+    def _compact_due(self, queue: QueueState) -> None:
+        """Drop stale entries from anywhere in the heap. `peek_due` drops them only from its top: tasks scheduled a
+        day ahead and then deleted or purged left an entry each, for as long as their schedule was ahead."""
+        queue.due = [entry for entry in queue.due if self._waiting(queue, entry[0], entry[2]) is not None]
+        heapq.heapify(queue.due)
 
     def take_due(self, queue: QueueState) -> None:
         heapq.heappop(queue.due)
