@@ -288,6 +288,14 @@ def test_the_cli_enqueues_lists_shows_and_refuses_bad_input(cli_env: dict[str, s
     assert missing.returncode == 2 and "TASKLANE_SERVICE_URL" in missing.stderr
 
 
+def test_enqueue_many_refuses_an_item_that_is_not_a_taskspec_before_creating_anything(
+        producer: TaskProducer) -> None:
+    specs = [TaskSpec("update_inventory", {"orderId": "first"}), {"action": "update_inventory"}]
+    with pytest.raises(TypeError, match="item 1 is a dict; nothing was created"):
+        producer.enqueue_many(specs)  # type: ignore[arg-type]
+    assert producer.list_tasks() == []
+
+
 def test_enqueue_many_reports_each_bad_item_and_still_creates_the_good_ones(producer: TaskProducer) -> None:
     bad = {1: TaskSpec("update_inventory", {"orderId": "nan", "qty": float("nan")}),
            3: TaskSpec("update_inventory", {"orderId": "d"}, delay=float("inf")),
@@ -412,13 +420,15 @@ def test_enqueue_file_reports_bad_lines_by_their_number_and_creates_the_rest(
         '{"action": "update_inventory", "payload": {"orderId": "f-8"}, "delay": 1e999}',
         '{"action": "update_inventory", "payload": [1]}',
         '{"action": "update_inventory", "payload": {"orderId": "f-10"}, "delay": 5}',
+        '{"action": "update_inventory", "payload": ' + "[" * 100_000 + "]" * 100_000 + "}",
     ]) + "\n")
     assert main(["enqueue-file", str(lines)]) == 1, "a failed line is a non-zero exit"
     out, err = capsys.readouterr()
-    assert "created 2, already enqueued 0, failed 7" in out
+    assert "created 2, already enqueued 0, failed 8" in out
+    assert "line 11: failed: JSON nested too deeply to read" in err
     failed = {int(line.split(":")[0].removeprefix("line ")): line for line in err.splitlines()
               if line.startswith("line ")}
-    assert sorted(failed) == [3, 4, 5, 6, 7, 8, 9]
+    assert sorted(failed) == [3, 4, 5, 6, 7, 8, 9, 11]
     assert "NaN or Infinity" in failed[3] and "finite number" in failed[4] and "not JSON" in failed[5]
     assert "may contain only letters" in failed[6] and "got str 'later'" in failed[7]
     assert "payload must be a mapping" in failed[9]

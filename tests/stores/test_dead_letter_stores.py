@@ -260,6 +260,12 @@ def test_the_replay_rule_gives_a_fresh_key_within_the_limit_and_refuses_a_letter
         "a replay of a replay replaces the suffix rather than adding one"
     longest = replay_request(stored(json.dumps({"idempotencyKey": "k" * MAX_IDEMPOTENCY_KEY}).encode()))
     assert len(longest.idempotency_key or "") == MAX_IDEMPOTENCY_KEY
+    # A body holding an escaped lone surrogate made the re-encoding raise UnicodeEncodeError; it stays an escape.
+    surrogate = replay_request(stored(b'{"orderId": "\\ud800", "idempotencyKey": "k-2"}'))
+    assert json.loads(surrogate.body) == {"orderId": "\ud800", "idempotencyKey": surrogate.idempotency_key}
+    # 1e400 reads as inf, which json.dumps wrote as Infinity (not JSON): such a body is replayed as it was.
+    beyond = b'{"qty": 1e400, "idempotencyKey": "k-3"}'
+    assert (replay_request(stored(beyond)).body, replay_request(stored(beyond)).idempotency_key) == (beyond, None)
     for unchanged in (b'{"orderId": "o-2"}', b"not json", b"[1, 2]"):
         assert (replay_request(stored(unchanged)).body, replay_request(stored(unchanged)).idempotency_key) == (
             unchanged, None)

@@ -186,7 +186,14 @@ def with_fresh_key(body: bytes) -> tuple[bytes, str | None]:
     if not isinstance(order, dict) or not isinstance(order.get(ENVELOPE_KEY_FIELD), str):
         return body, None
     order[ENVELOPE_KEY_FIELD] = key = fresh_key(order[ENVELOPE_KEY_FIELD])
-    return json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode(), key
+    try:
+        text = json.dumps(order, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a number past a float (1e400 read as inf) would be written as Infinity, which is not JSON
+        return body, None
+    try:
+        return text.encode(), key
+    except UnicodeEncodeError:  # a lone surrogate the body held as an escape ("\ud800") stays one
+        return json.dumps(order, separators=(",", ":"), allow_nan=False).encode(), key
 
 
 def fresh_key(key: str) -> str:

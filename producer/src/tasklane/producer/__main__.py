@@ -99,6 +99,8 @@ def spec_from_line(line: str, number: int) -> TaskSpec:
         item = json.loads(line)
     except json.JSONDecodeError as error:
         raise InvalidTask(f"line {number}: not JSON: {error}") from None
+    except RecursionError:
+        raise InvalidTask(f"line {number}: JSON nested too deeply to read") from None
     if not isinstance(item, dict) or not isinstance(item.get("action"), str):
         raise InvalidTask(f"line {number}: expected {{\"action\": str, \"payload\": {{...}}, \"dedupKey\"?, "
                           "\"taskId\"?, \"delay\"?, \"idempotencyKey\"?}")

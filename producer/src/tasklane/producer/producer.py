@@ -379,6 +379,12 @@ class TaskProducer:
         if concurrency < 1 or attempts < 1:
             raise ValueError("concurrency and attempts must be at least 1")
         items = list(specs)
+        # Before any call: an item of another type failed halfway through, after other tasks had been created, and
+        # their results were lost with it (a re-run then created the unnamed ones again).
+        for index, item in enumerate(items):
+            if not isinstance(item, TaskSpec):
+                raise TypeError(f"enqueue_many takes TaskSpec items; item {index} is a {type(item).__name__}; "
+                                "nothing was created")
         return asyncio.run(self._enqueue_all(items, concurrency, attempts, progress))
 
     async def _enqueue_all(self, items: list[TaskSpec], concurrency: int, attempts: int,
