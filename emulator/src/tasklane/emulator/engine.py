@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import dataclasses
 import heapq
 import http
 import itertools
@@ -25,7 +26,7 @@ from google.rpc import code_pb2
 from tasklane.core.retry import policy_of
 from tasklane.emulator import errors
 from tasklane.emulator.clock import Clock
-from tasklane.emulator.queue_target import HttpRequestParts, apply_http_target
+from tasklane.emulator.queue_target import overrides
 from tasklane.emulator.store import StorageError, Store, StoredAttempt, StoredTask
 from tasklane.emulator.validation import (
     BODY_METHODS,
@@ -550,25 +551,24 @@ class Engine:
         oauth = request.oauth_token if kind == "http_request" and request.HasField("oauth_token") else None
         queue_id = state.queue.rsplit("/", 1)[1]
         deadline = task.dispatch_deadline
-        parts = HttpRequestParts(
+        attempt = Attempt(
+            task_name=state.name, queue_id=queue_id, task_id=state.name.rsplit("/", 1)[1], kind=kind,
             method=METHOD_NAMES[request.http_method],  # CreateTask accepts no other
             url=request.url if kind == "http_request" else request.relative_uri or "/",
             headers=dict(request.headers), body=bytes(request.body),
             oidc_email=oidc.service_account_email if oidc else None,
             oidc_audience=(oidc.audience or request.url) if oidc else None,
-            oauth_email=oauth.service_account_email if oauth else None)
-        queue = self.queues.get(state.queue)
-        if kind == "http_request" and queue is not None and queue.queue.HasField("http_target"):
-            parts = apply_http_target(queue.queue.http_target, parts, METHOD_NAMES, BODY_METHODS, RESERVED_HEADER)
-        return Attempt(
-            task_name=state.name, queue_id=queue_id, task_id=state.name.rsplit("/", 1)[1], kind=kind,
-            method=parts.method, url=parts.url, headers=parts.headers, body=parts.body, oidc_email=parts.oidc_email,
-            oidc_audience=parts.oidc_audience, oauth_email=parts.oauth_email,
+            oauth_email=oauth.service_account_email if oauth else None,
             deadline=(deadline.seconds + deadline.nanos / 1e9) or 600.0,
             retry_count=retry_count, execution_count=state.execution_count,
             eta=scheduled / 1_000_000,
             previous_response=state.previous_response, retry_reason=state.retry_reason, started=now, forced=forced,
             task_state=state)
+        queue = self.queues.get(state.queue)
+        if kind == "http_request" and queue is not None and queue.queue.HasField("http_target"):
+            attempt = dataclasses.replace(attempt, **overrides(queue.queue.http_target, attempt, METHOD_NAMES,
+                                                               BODY_METHODS, RESERVED_HEADER))
+        return attempt
 
     def persist(self, states: list[TaskState], history: Sequence[AttemptHistory] | None = None) -> None:
         """With a state file, save attempts that are starting, their records in the history, and every outcome

@@ -15,7 +15,6 @@ cannot apply.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,19 +30,6 @@ FORBIDDEN_IN_PATH = re.compile(r"[\x00-\x20\x7f?#]")
 FORBIDDEN_IN_QUERY = re.compile(r"[\x00-\x20\x7f#]")
 
 
-@dataclass
-class HttpRequestParts:
-    """What an HTTP task's attempt sends, before and after the queue's overrides."""
-
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    oidc_email: str | None
-    oidc_audience: str | None
-    oauth_email: str | None
-
-
 def check_http_target(target: Any, method_names: dict[int, str]) -> None:
     """INVALID_ARGUMENT for an override no attempt could be sent with (messages inferred: not recorded). A method
     that takes no body is allowed: a task's body is then dropped at dispatch."""
@@ -51,7 +37,7 @@ def check_http_target(target: Any, method_names: dict[int, str]) -> None:
         raise errors.invalid(f"HttpTarget.httpMethod {target.http_method} is not an HttpMethod; allowed: "
                              f"{', '.join(method_names.values())}.")  # inferred
     uri = target.uri_override
-    if uri.HasField("scheme") and uri.scheme not in SCHEMES:
+    if uri.HasField("scheme") and uri.scheme and uri.scheme not in SCHEMES:  # SCHEME_UNSPECIFIED: no override
         raise errors.invalid(f"UriOverride.scheme {uri.scheme} is not HTTP or HTTPS.")  # inferred
     if uri.HasField("host") and not HOST.fullmatch(uri.host):
         raise errors.invalid("UriOverride.host must be a host name or IP address, e.g. 'example.net' (not empty, no "
@@ -78,38 +64,40 @@ def check_http_target(target: Any, method_names: dict[int, str]) -> None:
         raise errors.invalid("HttpTarget.oauthToken needs both serviceAccountEmail and scope.")  # inferred
 
 
-def apply_http_target(target: Any, parts: HttpRequestParts, method_names: dict[int, str],
-                      body_methods: frozenset[int], reserved: re.Pattern[str]) -> HttpRequestParts:
-    """`parts` with the queue's overrides applied (a new object; `parts` is left as it was). Header overrides
-    whose names are `reserved` (User-Agent, X-CloudTasks-*, ...) are left out, as a task's own are."""
-    method, body = parts.method, parts.body
+def overrides(target: Any, attempt: Any, method_names: dict[int, str], body_methods: frozenset[int],
+              reserved: re.Pattern[str]) -> dict[str, Any]:
+    """The fields of `attempt` (an engine.Attempt) the queue's HttpTarget changes, with their new values. Header
+    overrides whose names are `reserved` (User-Agent, X-CloudTasks-*, ...) are left out, as a task's own are."""
+    changed: dict[str, Any] = {}
     if target.http_method:
-        method = method_names[target.http_method]
+        changed["method"] = method_names[target.http_method]
         if target.http_method not in body_methods:
-            body = b""
-    headers = dict(parts.headers)
-    for override in target.header_overrides:
-        name = override.header.key
-        if reserved.fullmatch(name):
-            continue
-        for existing in [key for key in headers if key.lower() == name.lower()]:
-            del headers[existing]
-        headers[name] = override.header.value
-    oidc_email, oidc_audience, oauth_email = parts.oidc_email, parts.oidc_audience, parts.oauth_email
+            changed["body"] = b""
+    if target.header_overrides:
+        headers = dict(attempt.headers)
+        for override in target.header_overrides:
+            name = override.header.key
+            if reserved.fullmatch(name):
+                continue
+            for existing in [key for key in headers if key.lower() == name.lower()]:
+                del headers[existing]
+            headers[name] = override.header.value
+        changed["headers"] = headers
     authorization = target.WhichOneof("authorization_header")
     if authorization == "oidc_token":
         oidc = target.oidc_token
-        oidc_email, oidc_audience, oauth_email = oidc.service_account_email, oidc.audience, None
+        changed.update(oidc_email=oidc.service_account_email, oidc_audience=oidc.audience, oauth_email=None)
     elif authorization == "oauth_token":
-        oidc_email, oidc_audience, oauth_email = None, None, target.oauth_token.service_account_email
-    url = _overridden_url(target.uri_override, parts.url) if target.HasField("uri_override") else parts.url
-    return HttpRequestParts(method, url, headers, body, oidc_email, oidc_audience, oauth_email)
+        changed.update(oidc_email=None, oidc_audience=None, oauth_email=target.oauth_token.service_account_email)
+    if target.HasField("uri_override"):
+        changed["url"] = _overridden_url(target.uri_override, attempt.url)
+    return changed
 
 
 def _overridden_url(uri: Any, url: str) -> str:
     task = urlsplit(url)
     only_missing = uri.uri_override_enforce_mode == IF_NOT_EXISTS
-    scheme = SCHEMES[uri.scheme] if uri.HasField("scheme") and not only_missing else task.scheme
+    scheme = SCHEMES[uri.scheme] if uri.scheme in SCHEMES and not only_missing else task.scheme
     host = task.hostname or ""
     if ":" in host:  # an IPv6 address, bracketed again in the netloc
         host = f"[{host}]"
