@@ -154,13 +154,13 @@ def test_a_task_that_always_fails_is_dead_lettered_on_its_final_attempt_only(
 class BrokenStore:
     """An idempotency store with a bug: the failure happens outside any action."""
 
-    async def begin(self, key: str) -> Claim:
+    async def begin(self, key: str, lease: str) -> Claim:
         raise RuntimeError("store bug")
 
     async def succeeded(self, key: str) -> None:
         pass
 
-    async def abandoned(self, key: str) -> None:
+    async def abandoned(self, key: str, lease: str) -> None:
         pass
 
 

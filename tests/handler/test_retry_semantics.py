@@ -228,7 +228,7 @@ def test_a_final_attempt_meeting_a_held_key_is_dead_lettered(build_handler: Call
     actions, runs = recording_actions(lambda run: None)
     store = InProcessIdempotencyStore(lease_seconds=600)
     handler = build_handler(actions=actions, idempotency=store, max_attempts=3)
-    assert asyncio.run(store.begin("orders/t-held")) is Claim.STARTED  # the delivery that crashed
+    assert asyncio.run(store.begin("orders/t-held", "crashed")) is Claim.STARTED  # the delivery that crashed
     body = {"orderId": "o-held", "action": "work"}
     early = post(handler, body, task_headers("t-held", retry_count=1))
     assert (early.status_code, early.json()["status"], handler.sink.letters) == (409, "in_progress", [])

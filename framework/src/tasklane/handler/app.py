@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -158,8 +159,9 @@ class TaskHandler:
         name = action.name
 
         key = delivery.idempotency_key or (f"{task.queue_name}/{task.task_name}" if task.task_name else None)
+        lease = secrets.token_hex(8)  # this delivery's: only it can release its claim on the key
         if key is not None:
-            claim = await self.idempotency.begin(key)
+            claim = await self.idempotency.begin(key, lease)
             if claim is Claim.ALREADY_DONE:
                 self.log.emit("INFO", f"duplicate delivery of {key}; the action already ran", task=task,
                               trace_header=trace)
@@ -177,9 +179,9 @@ class TaskHandler:
             with self.tracing.action(name, trace) as action_trace:
                 await action(delivery.payload, task, ActionLog(self.log, task, action_trace))
         except RejectTask as rejection:
-            return await self._reject(request, task, trace, body, f"{name}: {rejection}", key=key)
+            return await self._reject(request, task, trace, body, f"{name}: {rejection}", key=key, lease=lease)
         except RetryableError as failure:
-            await self._release(key)
+            await self._release(key, lease)
             self.log.emit("WARNING", f"{name} failed transiently: {failure}", task=task, trace_header=trace)
             # A Retry-After of whole seconds; one that is not a finite number (inf, NaN) is left out, not a crash.
             retry_after = {} if failure.retry_after is None or not math.isfinite(failure.retry_after) else {
@@ -187,7 +189,7 @@ class TaskHandler:
             return await self._fail(request, task, body, 503, {"status": "retry", "reason": str(failure)},
                                     retry_after, f"{name} failed transiently: {failure}")
         except Exception as error:  # noqa: BLE001 - any bug in an action must fail the attempt, not the process
-            await self._release(key)
+            await self._release(key, lease)
             self.log.exception(f"{name} raised {type(error).__name__}", error, task=task, trace_header=trace)
             return await self._fail(request, task, body, 500, {"status": "error", "reason": type(error).__name__},
                                     {}, f"{name} raised {type(error).__name__}: {error}")
@@ -213,17 +215,17 @@ class TaskHandler:
             received.body = b"".join(chunks)
 
     async def _reject(self, request: Request, task: TaskContext, trace: str | None, body: bytes, reason: str,
-                      direct_status: int = 400, key: str | None = None) -> Response:
+                      direct_status: int = 400, key: str | None = None, lease: str = "") -> Response:
         """A task that can never succeed: dead-letter and acknowledge it, or tell a direct caller why."""
         if not task.from_cloud_tasks:
-            await self._release(key)
+            await self._release(key, lease)
             self.log.emit("WARNING", f"rejected direct request: {reason}", trace_header=trace)
             return _json(direct_status, {"status": "rejected", "reason": reason})
         self.log.emit("ERROR", f"rejected task {task.task_name}: {reason}", task=task, trace_header=trace)
         letter = DeadLetter.capture("rejected", reason, task, request.method, request.url.path,
                                     request.headers, body)
         if not await self._dead_letter(letter, trace, final=task.is_final_attempt(self.config.max_attempts)):
-            await self._release(key)
+            await self._release(key, lease)
             return _json(500, {"status": "error", "reason": "dead-letter sink failed; retry"})
         if key is not None:
             await self.idempotency.succeeded(key)
@@ -257,9 +259,9 @@ class TaskHandler:
             self.log.exception("could not log the dead letter either", error, task=letter.task, trace_header=trace)
         return False
 
-    async def _release(self, key: str | None) -> None:
+    async def _release(self, key: str | None, lease: str) -> None:
         if key is not None:
-            await self.idempotency.abandoned(key)
+            await self.idempotency.abandoned(key, lease)
 
 
 def stores_from_config(config: HandlerConfig, log: StructuredLog) -> tuple[IdempotencyStore, DeadLetterSink]:

@@ -8,8 +8,9 @@ One document per key in `idempotency`, named by the key's SHA-256:
   (after that Cloud Tasks has given up on the delivery holding it) and answer STARTED. Firestore
   serialises transactions on a document, so of two concurrent deliveries on any instances one starts.
 - `succeeded` marks the key done, with `expireAt` for the TTL policy (7 days on by default).
-- `abandoned` deletes the key, in a transaction, only while it still holds this instance's lease: a
-  delivery whose lease ran out and was taken over must not release the newer delivery's claim.
+- `abandoned` deletes the key, in a transaction, only while it still holds the delivery's own lease: a
+  delivery whose lease ran out and was taken over (on any instance, this one too) must not release the newer
+  delivery's claim.
 
 Every document has `expireAt`, leases too (their end plus the retention), so keys of crashed deliveries
 are collected as well. Times are the instances' clocks, which Cloud Run keeps synchronised.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,16 +54,13 @@ class FirestoreIdempotencyStore:
         self.retention_seconds = retention_seconds
         self.collection = collection
         self._clock = clock
-        self._leases: dict[str, str] = {}
-        """key → the lease token this instance wrote, for `abandoned`."""
 
     def _ref(self, key: str) -> Any:
         return self.firestore.client().collection(self.collection).document(document_id(key))
 
-    async def begin(self, key: str) -> Claim:
+    async def begin(self, key: str, lease: str) -> Claim:
         client = self.firestore.client()
         ref = self._ref(key)
-        token = secrets.token_hex(8)
 
         @async_transactional
         async def claim(transaction: AsyncTransaction) -> Claim:
@@ -77,25 +74,18 @@ class FirestoreIdempotencyStore:
                 if isinstance(lease_until, datetime.datetime) and lease_until.timestamp() > now:
                     return Claim.IN_PROGRESS
             lease_until = now + self.lease_seconds
-            transaction.set(ref, {"key": key, "state": STARTED, "lease": token, "leaseUntil": _utc(lease_until),
+            transaction.set(ref, {"key": key, "state": STARTED, "lease": lease, "leaseUntil": _utc(lease_until),
                                   EXPIRY_FIELD: _utc(lease_until + self.retention_seconds)})
             return Claim.STARTED
 
-        result = await claim(client.transaction(max_attempts=TRANSACTION_ATTEMPTS))
-        if result is Claim.STARTED:
-            self._leases[key] = token
-        return result
+        return await claim(client.transaction(max_attempts=TRANSACTION_ATTEMPTS))
 
     async def succeeded(self, key: str) -> None:
-        self._leases.pop(key, None)
         now = self._clock()
         await self._ref(key).set({"key": key, "state": DONE, "doneAt": _utc(now),
                                   EXPIRY_FIELD: _utc(now + self.retention_seconds)})
 
-    async def abandoned(self, key: str) -> None:
-        token = self._leases.pop(key, None)
-        if token is None:
-            return
+    async def abandoned(self, key: str, lease: str) -> None:
         client = self.firestore.client()
         ref = self._ref(key)
 
@@ -103,7 +93,7 @@ class FirestoreIdempotencyStore:
         async def release(transaction: AsyncTransaction) -> None:
             snapshot = await ref.get(transaction=transaction)
             data = (snapshot.to_dict() or {}) if snapshot.exists else {}
-            if data.get("state") == STARTED and data.get("lease") == token:
+            if data.get("state") == STARTED and data.get("lease") == lease:
                 transaction.delete(ref)
 
         await release(client.transaction(max_attempts=TRANSACTION_ATTEMPTS))

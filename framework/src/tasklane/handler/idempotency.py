@@ -24,12 +24,14 @@ class Claim(Enum):
 
 
 class IdempotencyStore(Protocol):
-    async def begin(self, key: str) -> Claim: ...
+    async def begin(self, key: str, lease: str) -> Claim:
+        """Claim `key` for the delivery named by `lease` (unique per delivery), unless done or claimed by another."""
 
     async def succeeded(self, key: str) -> None: ...
 
-    async def abandoned(self, key: str) -> None:
-        """The attempt failed; a later delivery may run the action."""
+    async def abandoned(self, key: str, lease: str) -> None:
+        """The attempt failed; a later delivery may run the action. Released only while `lease` still holds the key:
+        a delivery whose lease ran out, and was taken over, must not release the newer delivery's claim."""
 
 
 class InProcessIdempotencyStore:
@@ -45,17 +47,18 @@ class InProcessIdempotencyStore:
         self.lease_seconds = lease_seconds
         self._clock = clock
         self._done: OrderedDict[str, None] = OrderedDict()
-        self._in_flight: dict[str, float] = {}
+        self._in_flight: dict[str, tuple[float, str]] = {}
+        """key -> (when its lease ends, the lease)."""
 
-    async def begin(self, key: str) -> Claim:
+    async def begin(self, key: str, lease: str) -> Claim:
         if key in self._done:
             self._done.move_to_end(key)
             return Claim.ALREADY_DONE
         now = self._clock()
-        lease_ends = self._in_flight.get(key)
-        if lease_ends is not None and lease_ends > now:
+        held = self._in_flight.get(key)
+        if held is not None and held[0] > now:
             return Claim.IN_PROGRESS
-        self._in_flight[key] = now + self.lease_seconds
+        self._in_flight[key] = (now + self.lease_seconds, lease)
         return Claim.STARTED
 
     async def succeeded(self, key: str) -> None:
@@ -64,5 +67,7 @@ class InProcessIdempotencyStore:
         while len(self._done) > self.capacity:
             self._done.popitem(last=False)
 
-    async def abandoned(self, key: str) -> None:
-        self._in_flight.pop(key, None)
+    async def abandoned(self, key: str, lease: str) -> None:
+        held = self._in_flight.get(key)
+        if held is not None and held[1] == lease:
+            del self._in_flight[key]
