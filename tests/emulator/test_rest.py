@@ -137,6 +137,16 @@ def test_update_masks_come_as_a_query_parameter(emulator: EmulatorServer, mask: 
     assert (queue["rateLimits"]["maxConcurrentDispatches"], queue["retryConfig"]["maxAttempts"]) == (9, 3)
 
 
+def test_an_update_mask_given_twice_holds_both_paths(emulator: EmulatorServer) -> None:
+    """The second updateMask replaced the first, and maxConcurrentDispatches was silently not updated."""
+    json_call(emulator, "POST", f"/v2/{PARENT}/queues", {"name": QUEUE, "retryConfig": {"maxAttempts": 3}})
+    status, queue = json_call(emulator, "PATCH", f"/v2/{QUEUE}?updateMask=rateLimits.maxConcurrentDispatches"
+                                                 "&updateMask=retry_config.max_attempts", {
+        "rateLimits": {"maxConcurrentDispatches": 9}, "retryConfig": {"maxAttempts": 50}})
+    assert status == 200, queue
+    assert (queue["rateLimits"]["maxConcurrentDispatches"], queue["retryConfig"]["maxAttempts"]) == (9, 50)
+
+
 def test_errors_have_googles_shape(emulator: EmulatorServer) -> None:
     status, body = json_call(emulator, "POST", f"/v2/{PARENT}/queues", {"name": "not-a-queue-name"})
     assert status == 400

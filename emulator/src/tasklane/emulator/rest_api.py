@@ -213,9 +213,12 @@ def _bind_query_parameter(message: Message, name: str, value: str, refuse: bool)
     holder = nested
     parts = name.split(".")
     field: FieldDescriptor | None = None
+    chain: list[FieldDescriptor] = []
     for index, part in enumerate(parts):
         field = None if descriptor is None else (descriptor.fields_by_camelcase_name.get(part)
                                                  or descriptor.fields_by_name.get(part))
+        if field is not None:
+            chain.append(field)
         if refuse or field is None or (index < len(parts) - 1 and field.message_type is None):
             raise bad_request(f'Invalid JSON payload received. Unknown name "{name}": Cannot bind query parameter. '
                               f"Field '{name}' could not be found in request message.")  # inferred
@@ -225,7 +228,11 @@ def _bind_query_parameter(message: Message, name: str, value: str, refuse: bool)
     assert field is not None
     leaf: Any = value
     if field.message_type is not None and field.message_type.full_name == "google.protobuf.FieldMask":
-        leaf = ",".join(_camel(path) for path in value.split(","))
+        # `updateMask=a&updateMask=b` is one mask of both paths: the second no longer replaces the first.
+        existing: Any = message
+        for link in chain:
+            existing = getattr(existing, link.name)
+        leaf = ",".join(_camel(path) for path in [*existing.paths, *value.split(",")])
     elif field.type == FieldDescriptor.TYPE_BOOL:
         leaf = {"true": True, "false": False}.get(value, value)
     holder[field.json_name] = [leaf] if field.is_repeated else leaf
