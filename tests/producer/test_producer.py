@@ -296,6 +296,23 @@ def test_enqueue_many_refuses_an_item_that_is_not_a_taskspec_before_creating_any
     assert producer.list_tasks() == []
 
 
+def test_a_progress_callback_that_raises_loses_no_result(producer: TaskProducer) -> None:
+    from tasklane.producer import ProgressFailed
+
+    calls: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        raise OSError("the terminal went away")
+
+    specs = [TaskSpec("update_inventory", {"orderId": f"p-{n}"}) for n in range(5)]
+    with pytest.raises(ProgressFailed) as failed:
+        producer.enqueue_many(specs, progress=progress)
+    assert isinstance(failed.value.__cause__, OSError) and calls == [1], "not called again after it raised"
+    assert [r.status for r in failed.value.results] == ["created"] * 5
+    assert sorted(stored_order_ids(producer)) == [f"p-{n}" for n in range(5)]
+
+
 def test_enqueue_many_reports_each_bad_item_and_still_creates_the_good_ones(producer: TaskProducer) -> None:
     bad = {1: TaskSpec("update_inventory", {"orderId": "nan", "qty": float("nan")}),
            3: TaskSpec("update_inventory", {"orderId": "d"}, delay=float("inf")),

@@ -99,6 +99,15 @@ class ItemResult:
     reason: str | None = None
 
 
+class ProgressFailed(RuntimeError):
+    """`enqueue_many`'s progress callback raised. Enqueueing went on without it: `results` has every item's result,
+    and the callback's exception is the cause. (Raising at once lost the results of tasks already created.)"""
+
+    def __init__(self, results: list[ItemResult]) -> None:
+        super().__init__("the progress callback raised; every item was still enqueued or failed (see .results)")
+        self.results = results
+
+
 def dedup_task_id(dedup_key: str) -> str:
     """A task ID from a caller's key: hashed, so IDs spread evenly (sequential IDs slow Cloud Tasks)."""
     return hashlib.sha256(dedup_key.encode()).hexdigest()
@@ -374,7 +383,8 @@ class TaskProducer:
 
         Only transient API errors are retried (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED,
         ABORTED), with backoff; unnamed tasks get a random name first, so a retried call whose first try
-        did succeed cannot create the task twice.
+        did succeed cannot create the task twice. A `progress` callback that raises is not called again; once
+        every item has its result, ProgressFailed is raised holding them.
         """
         if concurrency < 1 or attempts < 1:
             raise ValueError("concurrency and attempts must be at least 1")
@@ -392,6 +402,7 @@ class TaskProducer:
         client = self._async_client()
         gate = asyncio.Semaphore(concurrency)
         done = 0
+        progress_error: list[Exception] = []
 
         async def one(index: int, spec: TaskSpec) -> ItemResult:
             nonlocal done
@@ -403,14 +414,20 @@ class TaskProducer:
                 async with gate:
                     result = await self._create_with_retries(client, index, task, spec, attempts)
             done += 1
-            if progress is not None:
-                progress(done, len(items))
+            if progress is not None and not progress_error:
+                try:
+                    progress(done, len(items))
+                except Exception as error:  # noqa: BLE001 - raised below, once every item has its result
+                    progress_error.append(error)
             return result
 
         try:
-            return list(await asyncio.gather(*(one(i, spec) for i, spec in enumerate(items))))
+            results = list(await asyncio.gather(*(one(i, spec) for i, spec in enumerate(items))))
         finally:
             await client.transport.close()  # type: ignore[no-untyped-call]
+        if progress_error:
+            raise ProgressFailed(results) from progress_error[0]
+        return results
 
     async def _create_with_retries(self, client: tasks_v2.CloudTasksAsyncClient, index: int, task: dict[str, Any],
                                    spec: TaskSpec, attempts: int) -> ItemResult:
