@@ -452,3 +452,34 @@ def test_an_attempt_of_a_deleted_task_does_not_settle_a_new_task_of_that_name(
     still = task_at(client, name)
     assert still.http_request.url == new_url and still.dispatch_count == 1
     wait_for(lambda: task_gone(client, name), message="the new task to succeed on its own answer")
+
+
+# -- Retention ---------------------------------------------------------------------------------------------------
+
+DAY = 86400
+
+
+def test_a_task_is_deleted_31_days_after_it_was_added_even_if_never_dispatched(
+        client: tasks_v2.CloudTasksClient, clock: ManualClock) -> None:
+    """§6.5: "A task is deleted 31 days after it was added, whether or not it was dispatched"."""
+    queue = fast_queue(client, "kept")
+    client.pause_queue(name=queue.name)
+    name = client.create_task(parent=queue.name, task={"http_request": {"url": "http://127.0.0.1:9/x"}}).name
+    clock.advance(31 * DAY - 5)
+    time.sleep(0.3)  # housekeeping has run at the new time
+    assert task_at(client, name).dispatch_count == 0
+    clock.advance(10)
+    wait_for(lambda: task_gone(client, name), message="the task to expire after 31 days")
+
+
+def test_retrying_forever_ends_at_31_days(client: tasks_v2.CloudTasksClient, target: Target,
+                                          clock: ManualClock) -> None:
+    """§2.3: unlimited attempts and no retry duration retry forever, but "the 31-day task TTL caps even forever"."""
+    url = target.answer("/forever", 500)
+    queue = fast_queue(client, "forever", max_attempts=-1, min_backoff=f"{10 * DAY}s", max_backoff=f"{10 * DAY}s")
+    name = client.create_task(parent=queue.name, task={"http_request": {"url": url}}).name
+    for attempt in (1, 2, 3, 4):  # days 0, 10, 20, 30
+        wait_attempts(client, name, attempt)
+        clock.advance(10 * DAY)
+    wait_for(lambda: task_gone(client, name), message="the task to expire at day 31, before its day-40 attempt")
+    assert len(target.on("/forever")) == 4

@@ -296,7 +296,8 @@ class Dispatcher:
     def _dispatch_due(self) -> float | None:
         """Start every attempt that may start now; return when to look again (None: when woken)."""
         now = self.clock.now()
-        wake_at: float | None = None
+        self.engine.expire(now)  # saved with this pass's commit
+        wake_at: float | None = self.engine.next_expiry()
         started: list[TaskState] = []
         history: list[AttemptRecord] = []
         for state in self.engine.run_requests():  # RunTask: no schedule, pause or rate limit applies

@@ -51,6 +51,8 @@ QueueStateEnum = queue_types.Queue.State
 RUNNING, PAUSED = QueueStateEnum.RUNNING, QueueStateEnum.PAUSED
 DEFAULT_TASK_TOMBSTONE_SECONDS = 3600.0  # §5.2: configurable, 1 h by default
 DEFAULT_QUEUE_TOMBSTONE_SECONDS = 7 * 86400.0  # §6.6
+TASK_RETENTION_SECONDS = 31 * 86400.0
+"""§6.5: "A task is deleted 31 days after it was added, whether or not it was dispatched"; it caps retrying forever."""
 MAX_TASKS_PAGE, MAX_QUEUES_PAGE = 1000, 9800  # §6.8
 UPDATABLE_QUEUE_FIELDS = ("app_engine_routing_override", "http_target", "rate_limits", "retry_config",
                           "stackdriver_logging_config")
@@ -186,6 +188,10 @@ class Engine:
         self._storage_failing = False
         self._removed = 0
         """Tasks and tombstones removed since the containers were last compacted."""
+        self._by_creation: list[tuple[int, int, TaskState]] = []
+        """A heap of (creation time in s, sequence, task), for `expire`; entries of tasks gone since are skipped."""
+        self._expired_running: list[TaskState] = []
+        """Expired tasks whose attempt was running at `expire`: they go at the next one after it ends."""
         self.on_work: Callable[[], None] = lambda: None
         """Called when something may now be due: the dispatcher wakes up."""
         self.on_task_created: Callable[[], None] = lambda: None
@@ -214,6 +220,32 @@ class Engine:
         queue = self.queues[state.queue]
         queue.tasks.add(state.name)
         self._push(queue, state)
+        entry = (state.task.create_time.seconds, next(self._sequence), state)
+        heapq.heappush(self._by_creation, entry)
+        if self._by_creation[0] is entry:  # the first to expire now: the dispatcher sets its wake-up for it
+            self.on_work()
+
+    def expire(self, now: float) -> int:
+        """Delete the tasks added TASK_RETENTION_SECONDS ago or more, dispatched or not (§6.5); one whose attempt is
+        running goes once it has ended. Returns how many went. The dispatcher calls this before each pass, and wakes
+        for `next_expiry`, so an expired task is never sent and goes on time; the prune calls it too."""
+        heap, oldest, expired = self._by_creation, now - TASK_RETENTION_SECONDS, 0
+        waiting, self._expired_running = self._expired_running, []
+        while heap and heap[0][0] <= oldest:
+            waiting.append(heapq.heappop(heap)[2])
+        for state in waiting:
+            if self.tasks.get(state.name) is not state:
+                continue  # gone already
+            if state.in_flight:
+                self._expired_running.append(state)
+                continue
+            self._retire(state, rpc=False)
+            expired += 1
+        return expired
+
+    def next_expiry(self) -> float | None:
+        """When the next task reaches the end of its retention (after `expire`, always in the future)."""
+        return self._by_creation[0][0] + TASK_RETENTION_SECONDS if self._by_creation else None
 
     def _push(self, queue: QueueState, state: TaskState) -> None:
         heapq.heappush(queue.due, (_micros(state.task.schedule_time), next(self._sequence), state.name))
@@ -291,9 +323,14 @@ class Engine:
                 del tombstones[name]
             expired += len(gone)
         self.store.prune_tombstones(now)
+        if self.expire(now):
+            self.save_unsaved()
         for queue in self.queues.values():
             if len(queue.due) > 2 * len(queue.tasks) + 64:
                 self._compact_due(queue)
+        if len(self._by_creation) > 2 * len(self.tasks) + 64:
+            self._by_creation = [entry for entry in self._by_creation if self.tasks.get(entry[2].name) is entry[2]]
+            heapq.heapify(self._by_creation)
         self._removed += expired
         if self._removed > 1000 and self._removed > len(self.tasks) + len(self._task_tombstones):
             # Python's dicts and sets keep their peak size; copies are sized to what is left.
