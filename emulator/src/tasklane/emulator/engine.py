@@ -29,10 +29,8 @@ from tasklane.emulator.clock import Clock
 from tasklane.emulator.queue_target import overrides
 from tasklane.emulator.store import StorageError, Store, StoredAttempt, StoredTask
 from tasklane.emulator.validation import (
-    BODY_METHODS,
     MAX_TIMESTAMP_SECONDS,
     METHOD_NAMES,
-    RESERVED_HEADER,
     Queue,
     Task,
     apply_queue_defaults,
@@ -603,8 +601,7 @@ class Engine:
             task_state=state)
         queue = self.queues.get(state.queue)
         if kind == "http_request" and queue is not None and queue.queue.HasField("http_target"):
-            attempt = dataclasses.replace(attempt, **overrides(queue.queue.http_target, attempt, METHOD_NAMES,
-                                                               BODY_METHODS, RESERVED_HEADER))
+            attempt = dataclasses.replace(attempt, **overrides(queue.queue.http_target, attempt))
         return attempt
 
     def persist(self, states: list[TaskState], history: Sequence[AttemptHistory] | None = None) -> None:
@@ -645,8 +642,8 @@ class Engine:
         return outcome
 
     def _outcome(self, attempt: Attempt, status: int, retry_after: float | None, answered: bool) -> str:
-        state = self.tasks.get(attempt.task_name)
-        if state is None or state is not attempt.task_state or not state.in_flight:
+        state = attempt.task_state
+        if self.tasks.get(state.name) is not state or not state.in_flight:
             return "gone"
         now = self.clock.now()
         task = state.task

@@ -22,7 +22,6 @@ from google.cloud.tasks_v2.types import target as target_types
 from google.cloud.tasks_v2.types import task as task_types
 
 from tasklane.emulator import errors
-from tasklane.emulator.queue_target import check_http_target
 
 Queue = queue_types.Queue.pb()
 Task = task_types.Task.pb()
@@ -53,6 +52,17 @@ BODY_METHODS = frozenset({POST, int(HttpMethod.PUT), int(HttpMethod.PATCH)})
 APP_ENGINE_BODY_METHODS = frozenset({POST, int(HttpMethod.PUT)})
 """AppEngineHttpRequest.body: "allowed only if the HTTP method is POST or PUT" (target.proto)."""
 METHOD_NAMES = {int(method): name for name, method in HttpMethod.__members__.items() if method != UNSPECIFIED_METHOD}
+
+# A queue's HttpTarget (queue_target.py applies it).
+HTTP, HTTPS = 1, 2
+SCHEMES = {HTTP: "http", HTTPS: "https"}
+IF_NOT_EXISTS, ALWAYS = 1, 2
+ENFORCE_MODES = (0, IF_NOT_EXISTS, ALWAYS)
+MAX_PORT = 65_535
+OVERRIDE_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+FORBIDDEN_IN_PATH = re.compile(r"[\x00-\x20\x7f?#]")
+FORBIDDEN_IN_QUERY = re.compile(r"[\x00-\x20\x7f#]")
+
 FULL_VIEW, BASIC_VIEW = int(task_types.Task.View.FULL), int(task_types.Task.View.BASIC)
 
 # Queue defaults when a field is unset (§2.6, §3.1, §3.2).
@@ -168,7 +178,7 @@ def validate_queue_config(queue: Any) -> None:
         raise errors.invalid("RetryConfig.minBackoff must be less than or equal to RetryConfig.maxBackoff.")
     overrides = {override.header.key: override.header.value for override in queue.http_target.header_overrides}
     _task_headers(overrides, "HttpTarget.headerOverrides")  # the same rules as a task's own headers
-    check_http_target(queue.http_target, METHOD_NAMES)
+    _check_http_target(queue.http_target)
     ratio = queue.stackdriver_logging_config.sampling_ratio
     if not 0.0 <= ratio <= 1.0:  # NaN fails too
         raise errors.invalid("StackdriverLoggingConfig.samplingRatio must be between 0.0 and 1.0, "
@@ -217,8 +227,45 @@ def _check_method(request: Any, what: str) -> None:
     if request.http_method == UNSPECIFIED_METHOD:
         request.http_method = POST
     elif request.http_method not in METHOD_NAMES:
-        raise errors.invalid(f"{what}.httpMethod {request.http_method} is not an HttpMethod; allowed: "
-                             f"{', '.join(METHOD_NAMES.values())}.")  # inferred
+        raise _unknown_method(request.http_method, what)
+
+
+def _unknown_method(number: int, what: str) -> errors.ApiError:
+    return errors.invalid(f"{what}.httpMethod {number} is not an HttpMethod; allowed: "
+                          f"{', '.join(METHOD_NAMES.values())}.")  # inferred
+
+
+def _check_http_target(target: Any) -> None:
+    """INVALID_ARGUMENT for an override no attempt could be sent with (messages inferred: not recorded). A method
+    that takes no body is allowed: a task's body is then dropped at dispatch."""
+    if target.http_method and target.http_method not in METHOD_NAMES:
+        raise _unknown_method(target.http_method, "HttpTarget")
+    uri = target.uri_override
+    if uri.HasField("scheme") and uri.scheme and uri.scheme not in SCHEMES:  # SCHEME_UNSPECIFIED: no override
+        raise errors.invalid(f"UriOverride.scheme {uri.scheme} is not HTTP or HTTPS.")  # inferred
+    if uri.HasField("host") and not OVERRIDE_HOST.fullmatch(uri.host):
+        raise errors.invalid("UriOverride.host must be a host name or IP address, e.g. 'example.net' (not empty, no "
+                             "scheme, port, path or credentials).")  # inferred
+    if uri.HasField("port") and not 0 <= uri.port <= MAX_PORT:
+        raise errors.invalid(f"UriOverride.port must be between 1 and {MAX_PORT}, or 0 to clear the port; got "
+                             f"{uri.port}.")  # inferred
+    if FORBIDDEN_IN_PATH.search(uri.path_override.path):
+        raise errors.invalid("UriOverride.pathOverride.path must not contain spaces, control characters, '?' or "
+                             "'#'; percent-encode them.")  # inferred
+    if FORBIDDEN_IN_QUERY.search(uri.query_override.query_params):
+        raise errors.invalid("UriOverride.queryOverride.queryParams must not contain spaces, control characters "
+                             "or '#'; percent-encode them.")  # inferred
+    if uri.uri_override_enforce_mode not in ENFORCE_MODES:
+        raise errors.invalid(f"UriOverride.uriOverrideEnforceMode {uri.uri_override_enforce_mode} is not "
+                             "IF_NOT_EXISTS or ALWAYS.")  # inferred
+    # target.proto: "both the service account email and the audience (scope) MUST be specified when using the
+    # queue-level authorization override".
+    if target.HasField("oidc_token") and not (target.oidc_token.service_account_email
+                                              and target.oidc_token.audience):
+        raise errors.invalid("HttpTarget.oidcToken needs both serviceAccountEmail and audience.")  # inferred
+    if target.HasField("oauth_token") and not (target.oauth_token.service_account_email
+                                               and target.oauth_token.scope):
+        raise errors.invalid("HttpTarget.oauthToken needs both serviceAccountEmail and scope.")  # inferred
 
 
 def _task_headers(headers: Any, field: str) -> dict[str, str]:
