@@ -73,6 +73,14 @@ def _json(status: int, content: Mapping[str, Any], headers: Mapping[str, str] | 
     return Response(_encode(content), status_code=status, headers=headers, media_type="application/json")
 
 
+@dataclass(frozen=True)
+class _Hold:
+    """This delivery's claim on an idempotency key: `lease` is drawn per delivery, so only this one releases it."""
+
+    key: str
+    lease: str
+
+
 @dataclass
 class _Received:
     """What one delivery's body turned out to be, kept for the dead letter if anything fails later."""
@@ -159,9 +167,9 @@ class TaskHandler:
         name = action.name
 
         key = delivery.idempotency_key or (f"{task.queue_name}/{task.task_name}" if task.task_name else None)
-        lease = secrets.token_hex(8)  # this delivery's: only it can release its claim on the key
-        if key is not None:
-            claim = await self.idempotency.begin(key, lease)
+        hold = None if key is None else _Hold(key, secrets.token_hex(8))
+        if hold is not None:
+            claim = await self.idempotency.begin(hold.key, hold.lease)
             if claim is Claim.ALREADY_DONE:
                 self.log.emit("INFO", f"duplicate delivery of {key}; the action already ran", task=task,
                               trace_header=trace)
@@ -179,9 +187,9 @@ class TaskHandler:
             with self.tracing.action(name, trace) as action_trace:
                 await action(delivery.payload, task, ActionLog(self.log, task, action_trace))
         except RejectTask as rejection:
-            return await self._reject(request, task, trace, body, f"{name}: {rejection}", key=key, lease=lease)
+            return await self._reject(request, task, trace, body, f"{name}: {rejection}", hold=hold)
         except RetryableError as failure:
-            await self._release(key, lease)
+            await self._release(hold)
             self.log.emit("WARNING", f"{name} failed transiently: {failure}", task=task, trace_header=trace)
             # A Retry-After of whole seconds; one that is not a finite number (inf, NaN) is left out, not a crash.
             retry_after = {} if failure.retry_after is None or not math.isfinite(failure.retry_after) else {
@@ -189,12 +197,12 @@ class TaskHandler:
             return await self._fail(request, task, body, 503, {"status": "retry", "reason": str(failure)},
                                     retry_after, f"{name} failed transiently: {failure}")
         except Exception as error:  # noqa: BLE001 - any bug in an action must fail the attempt, not the process
-            await self._release(key, lease)
+            await self._release(hold)
             self.log.exception(f"{name} raised {type(error).__name__}", error, task=task, trace_header=trace)
             return await self._fail(request, task, body, 500, {"status": "error", "reason": type(error).__name__},
                                     {}, f"{name} raised {type(error).__name__}: {error}")
-        if key is not None:
-            await self.idempotency.succeeded(key)
+        if hold is not None:
+            await self.idempotency.succeeded(hold.key)
         return _json(200, {"status": "done"})
 
     async def _read_body(self, request: Request, received: _Received) -> bool:
@@ -215,20 +223,20 @@ class TaskHandler:
             received.body = b"".join(chunks)
 
     async def _reject(self, request: Request, task: TaskContext, trace: str | None, body: bytes, reason: str,
-                      direct_status: int = 400, key: str | None = None, lease: str = "") -> Response:
+                      direct_status: int = 400, hold: _Hold | None = None) -> Response:
         """A task that can never succeed: dead-letter and acknowledge it, or tell a direct caller why."""
         if not task.from_cloud_tasks:
-            await self._release(key, lease)
+            await self._release(hold)
             self.log.emit("WARNING", f"rejected direct request: {reason}", trace_header=trace)
             return _json(direct_status, {"status": "rejected", "reason": reason})
         self.log.emit("ERROR", f"rejected task {task.task_name}: {reason}", task=task, trace_header=trace)
         letter = DeadLetter.capture("rejected", reason, task, request.method, request.url.path,
                                     request.headers, body)
         if not await self._dead_letter(letter, trace, final=task.is_final_attempt(self.config.max_attempts)):
-            await self._release(key, lease)
+            await self._release(hold)
             return _json(500, {"status": "error", "reason": "dead-letter sink failed; retry"})
-        if key is not None:
-            await self.idempotency.succeeded(key)
+        if hold is not None:
+            await self.idempotency.succeeded(hold.key)
         return _json(200, {"status": "rejected", "reason": reason})
 
     async def _fail(self, request: Request, task: TaskContext, body: bytes, status: int, content: dict[str, str],
@@ -259,9 +267,9 @@ class TaskHandler:
             self.log.exception("could not log the dead letter either", error, task=letter.task, trace_header=trace)
         return False
 
-    async def _release(self, key: str | None, lease: str) -> None:
-        if key is not None:
-            await self.idempotency.abandoned(key, lease)
+    async def _release(self, hold: _Hold | None) -> None:
+        if hold is not None:
+            await self.idempotency.abandoned(hold.key, hold.lease)
 
 
 def stores_from_config(config: HandlerConfig, log: StructuredLog) -> tuple[IdempotencyStore, DeadLetterSink]:
