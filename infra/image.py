@@ -57,7 +57,7 @@ def build_handler_image(name: str, settings: PipelineSettings, repository: gcp.a
     the stack, the read-only previewer included. The context path is relative to the working directory so the
     same checkout gives the same inputs on a laptop and a CI runner.
     """
-    registry_host = registry_host_of(settings)
+    registry_host = f"{settings.region}-docker.pkg.dev"
     tag = pulumi.Output.concat(registry_host, "/", settings.project, "/", repository.repository_id, "/handler:latest")
     return docker_build.Image(
         f"{name}-handler-image",
@@ -68,8 +68,3 @@ def build_handler_image(name: str, settings: PipelineSettings, repository: gcp.a
         tags=[tag],
         opts=opts,
     )
-
-
-def registry_host_of(settings: PipelineSettings) -> str:
-    """Artifact Registry's Docker host for the stack's region, the one Docker needs credentials for."""
-    return f"{settings.region}-docker.pkg.dev"

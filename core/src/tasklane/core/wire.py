@@ -17,9 +17,10 @@ IDEMPOTENCY_KEY_HEADER = "X-Tasklane-Idempotency-Key"
 """A task's own idempotency key on any route; without one, the key is the queue and task name."""
 MAX_IDEMPOTENCY_KEY = 500
 IDEMPOTENCY_KEY_PATTERN = r"[!-~](?:[ -~]*[!-~])?"
-"""A key in that header: printable ASCII, spaces inside only. HTTP drops a value's outer spaces ("   " arrived empty,
-" a " as "a") and the handler reads a header as Latin-1 (each "é" counted twice), so any other key would arrive as
-a different one, or be refused as poison after the producer had accepted it."""
+"""A key the producer sends in that header: printable ASCII, spaces inside only. HTTP drops a value's outer spaces
+("   " arrived empty, " a " as "a"), and only ASCII is sure to cross every proxy and framework as sent (Starlette reads
+header bytes as Latin-1), so any other key could arrive as a different one, or be refused as poison after the
+producer had accepted it."""
 
 ACTION_NAME_PATTERN = r"[A-Za-z0-9_-]{1,100}"
 """An action's name is a path segment of its route."""

@@ -249,7 +249,7 @@ class TaskProducer:
                 raise InvalidTask(f"idempotency_key {_show(key)} must be printable ASCII (letters, digits, "
                                   "punctuation, inner spaces), not starting or ending with a space: it travels in "
                                   "an HTTP header")
-            headers[IDEMPOTENCY_KEY_HEADER] = spec.idempotency_key
+            headers[IDEMPOTENCY_KEY_HEADER] = key
 
         task: dict[str, Any] = {"http_request": self._http_request(TASKS_ROUTE + spec.action, headers, body)}
         if task_id is not None:
