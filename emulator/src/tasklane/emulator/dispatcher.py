@@ -296,8 +296,8 @@ class Dispatcher:
     def _dispatch_due(self) -> float | None:
         """Start every attempt that may start now; return when to look again (None: when woken)."""
         now = self.clock.now()
-        self.engine.expire(now)  # saved with this pass's commit
-        wake_at: float | None = self.engine.next_expiry()
+        self.engine.expire(now)  # so an expired task is never sent; saved with this pass's commit
+        wake_at: float | None = None
         started: list[TaskState] = []
         history: list[AttemptRecord] = []
         for state in self.engine.run_requests():  # RunTask: no schedule, pause or rate limit applies

@@ -218,15 +218,12 @@ class Engine:
         queue = self.queues[state.queue]
         queue.tasks.add(state.name)
         self._push(queue, state)
-        entry = (state.task.create_time.seconds, next(self._sequence), state)
-        heapq.heappush(self._by_creation, entry)
-        if self._by_creation[0] is entry:  # the first to expire now: the dispatcher sets its wake-up for it
-            self.on_work()
+        heapq.heappush(self._by_creation, (state.task.create_time.seconds, next(self._sequence), state))
 
     def expire(self, now: float) -> int:
         """Delete the tasks added TASK_RETENTION_SECONDS ago or more, dispatched or not (§6.5); one whose attempt is
-        running goes once it has ended. Returns how many went. The dispatcher calls this before each pass, and wakes
-        for `next_expiry`, so an expired task is never sent and goes on time; the prune calls it too."""
+        running goes once it has ended. Returns how many went. The dispatcher calls this before each pass, so an
+        expired task is never sent; the prune calls it too, and the housekeeping wakes for `next_expiry`."""
         heap, oldest, expired = self._by_creation, now - TASK_RETENTION_SECONDS, 0
         waiting, self._expired_running = self._expired_running, []
         while heap and heap[0][0] <= oldest:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import sqlite3
 import threading
@@ -193,7 +194,10 @@ class EmulatorServer:
         assert self.engine is not None and self.dispatcher is not None
         clock = self.config.clock
         while True:
-            await clock.sleep_until(clock.now() + self.config.prune_interval)
+            # Woken for the next task to reach its 31 days too, if that comes first (a new task's, added since,
+            # is noticed at the next wake-up, at most a prune interval on).
+            expiry = self.engine.next_expiry()
+            await clock.sleep_until(min(clock.now() + self.config.prune_interval, expiry or math.inf))
             # Attempt records first: the engine's prune then gives their space back with the tombstones'.
             self.dispatcher.prune(clock.now() - self.config.task_tombstone_seconds)
             pruned = 0
